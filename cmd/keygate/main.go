@@ -1,0 +1,13 @@
+// Command keygate is Caddy with its standard modules and keygate's modules (the `nora` app,
+// `nora_auth` and, later, `nora_admin`).
+package main
+
+import (
+	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+)
+
+func main() {
+	caddycmd.Main()
+}

@@ -1,0 +1,430 @@
+// Package filestore is the embedded Store: one bbolt file, for a single gateway process (the
+// quick start, or a deployment that needs no Redis). Each write is one bbolt transaction, so a
+// create or revoke is all or nothing; invalidations go to this process' watchers only.
+package filestore
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/keygate/keygate/apikey"
+	"github.com/keygate/keygate/store"
+)
+
+// Layout:
+//
+//	instances/<id>                      instance JSON
+//	hashes/<sha256>                     instance id + "/" + key id (the lookup entry)
+//	inst/<id>/keys/<key id>             key JSON
+//	inst/<id>/order/<seq, 8 bytes BE>   key id (creation order)
+var (
+	bInstances = []byte("instances")
+	bHashes    = []byte("hashes")
+	bInst      = []byte("inst")
+	bKeys      = []byte("keys")
+	bOrder     = []byte("order")
+)
+
+// Options tune a Store.
+type Options struct {
+	// FailPoint, when set, is called at named points between the steps of a write; an error
+	// it returns aborts the write there. It exists for tests of partial failures.
+	FailPoint func(step string) error
+}
+
+// Store is a bbolt-backed store.Store.
+type Store struct {
+	db   *bolt.DB
+	opts Options
+	store.Watchers
+}
+
+// Open opens (creating if needed) the store file at path. The file is locked: one process
+// at a time.
+func Open(path string, opts Options) (*Store, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("creating store directory: %v", err)
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("opening store file %s: %v", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bInstances, bHashes, bInst} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("initializing store file %s: %v", path, err)
+	}
+	return &Store{db: db, opts: opts}, nil
+}
+
+func (s *Store) fail(step string) error {
+	if s.opts.FailPoint == nil {
+		return nil
+	}
+	return s.opts.FailPoint(step)
+}
+
+type instanceRecord struct {
+	Name        string `json:"name"`
+	Environment string `json:"environment"`
+}
+
+type keyRecord struct {
+	ID          string `json:"id"`
+	Environment string `json:"environment"`
+	Name        string `json:"name"`
+	Prefix      string `json:"prefix"`
+	Hash        []byte `json:"hash"`
+	Seq         uint64 `json:"seq"`
+	CreatedAt   int64  `json:"created_at"`
+	ExpiresAt   int64  `json:"expires_at,omitempty"`
+	RevokedAt   int64  `json:"revoked_at,omitempty"`
+	LastUsedAt  int64  `json:"last_used_at,omitempty"`
+}
+
+// Times are kept in Unix milliseconds, like the Redis store (store.Millis).
+func unixMilli(t time.Time) int64 { return store.Millis(t) }
+
+func fromUnixMilli(n int64) time.Time { return store.FromMillis(n) }
+
+func (r keyRecord) key(instance string) store.Key {
+	env, _ := apikey.ParseEnvironment(r.Environment)
+	k := store.Key{
+		ID: r.ID, Instance: instance, Environment: env, Name: r.Name, Prefix: r.Prefix,
+		CreatedAt:  fromUnixMilli(r.CreatedAt),
+		ExpiresAt:  fromUnixMilli(r.ExpiresAt),
+		RevokedAt:  fromUnixMilli(r.RevokedAt),
+		LastUsedAt: fromUnixMilli(r.LastUsedAt),
+	}
+	copy(k.Hash[:], r.Hash)
+	return k
+}
+
+// CreateInstance implements store.Store.
+func (s *Store) CreateInstance(_ context.Context, in store.Instance) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bInstances)
+		if b.Get([]byte(in.ID)) != nil {
+			return store.ErrInstanceExists
+		}
+		v, err := json.Marshal(instanceRecord{Name: in.Name, Environment: in.Environment.String()})
+		if err != nil {
+			return err
+		}
+		if err := b.Put([]byte(in.ID), v); err != nil {
+			return err
+		}
+		ib, err := tx.Bucket(bInst).CreateBucket([]byte(in.ID))
+		if err != nil {
+			return err
+		}
+		if _, err := ib.CreateBucket(bKeys); err != nil {
+			return err
+		}
+		_, err = ib.CreateBucket(bOrder)
+		return err
+	})
+}
+
+func decodeInstance(id string, v []byte) (store.Instance, error) {
+	var r instanceRecord
+	if err := json.Unmarshal(v, &r); err != nil {
+		return store.Instance{}, fmt.Errorf("decoding instance %q: %v", id, err)
+	}
+	env, err := apikey.ParseEnvironment(r.Environment)
+	if err != nil {
+		return store.Instance{}, fmt.Errorf("decoding instance %q: %v", id, err)
+	}
+	return store.Instance{ID: id, Name: r.Name, Environment: env}, nil
+}
+
+// Instance implements store.Store.
+func (s *Store) Instance(_ context.Context, id string) (in store.Instance, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bInstances).Get([]byte(id))
+		if v == nil {
+			return store.ErrInstanceNotFound
+		}
+		in, err = decodeInstance(id, v)
+		return err
+	})
+	return in, err
+}
+
+// Instances implements store.Store.
+func (s *Store) Instances(_ context.Context) (out []store.Instance, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bInstances).ForEach(func(k, v []byte) error {
+			in, err := decodeInstance(string(k), v)
+			if err != nil {
+				return err
+			}
+			out = append(out, in)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// instanceBuckets returns the keys and order buckets of an instance.
+func instanceBuckets(tx *bolt.Tx, instance string) (keys, order *bolt.Bucket, err error) {
+	ib := tx.Bucket(bInst).Bucket([]byte(instance))
+	if ib == nil {
+		return nil, nil, store.ErrInstanceNotFound
+	}
+	return ib.Bucket(bKeys), ib.Bucket(bOrder), nil
+}
+
+// CreateKey implements store.Store.
+func (s *Store) CreateKey(_ context.Context, k store.Key) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		keys, order, err := instanceBuckets(tx, k.Instance)
+		if err != nil {
+			return err
+		}
+		if keys.Get([]byte(k.ID)) != nil {
+			return fmt.Errorf("key id %s already exists", k.ID)
+		}
+		hashes := tx.Bucket(bHashes)
+		if hashes.Get(k.Hash[:]) != nil {
+			return errors.New("a key with this hash already exists")
+		}
+		seq, err := order.NextSequence()
+		if err != nil {
+			return err
+		}
+		rec := keyRecord{
+			ID: k.ID, Environment: k.Environment.String(), Name: k.Name, Prefix: k.Prefix,
+			Hash: k.Hash[:], Seq: seq, CreatedAt: unixMilli(k.CreatedAt), ExpiresAt: unixMilli(k.ExpiresAt),
+		}
+		if err := putKey(keys, rec); err != nil {
+			return err
+		}
+		if err := order.Put(seqKey(seq), []byte(k.ID)); err != nil {
+			return err
+		}
+		if err := s.fail("create:listed"); err != nil {
+			return err
+		}
+		return hashes.Put(k.Hash[:], []byte(k.Instance+"/"+k.ID))
+	})
+}
+
+func seqKey(seq uint64) []byte {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], seq)
+	return b[:]
+}
+
+func putKey(keys *bolt.Bucket, rec keyRecord) error {
+	v, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	return keys.Put([]byte(rec.ID), v)
+}
+
+func getKey(keys *bolt.Bucket, id string) (keyRecord, error) {
+	v := keys.Get([]byte(id))
+	if v == nil {
+		return keyRecord{}, store.ErrKeyNotFound
+	}
+	var rec keyRecord
+	if err := json.Unmarshal(v, &rec); err != nil {
+		return keyRecord{}, fmt.Errorf("decoding key %s: %v", id, err)
+	}
+	return rec, nil
+}
+
+// Key implements store.Store.
+func (s *Store) Key(_ context.Context, instance, id string) (k store.Key, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		keys, _, err := instanceBuckets(tx, instance)
+		if err != nil {
+			return err
+		}
+		rec, err := getKey(keys, id)
+		if err != nil {
+			return err
+		}
+		k = rec.key(instance)
+		return nil
+	})
+	return k, err
+}
+
+// LookupHash implements store.Store.
+func (s *Store) LookupHash(_ context.Context, h apikey.Hash) (l store.Lookup, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bHashes).Get(h[:])
+		if v == nil {
+			return store.ErrKeyNotFound
+		}
+		instance, id, ok := bytes.Cut(v, []byte("/"))
+		if !ok {
+			return errors.New("corrupt lookup entry")
+		}
+		keys, _, err := instanceBuckets(tx, string(instance))
+		if err != nil {
+			return err
+		}
+		rec, err := getKey(keys, string(id))
+		if err != nil {
+			return err
+		}
+		k := rec.key(string(instance))
+		l = store.Lookup{ID: k.ID, Instance: k.Instance, Environment: k.Environment, ExpiresAt: k.ExpiresAt, RevokedAt: k.RevokedAt}
+		return nil
+	})
+	return l, err
+}
+
+// ListKeys implements store.Store.
+func (s *Store) ListKeys(_ context.Context, instance string, opt store.ListOptions) (out []store.Key, more bool, err error) {
+	if opt.Limit < 1 {
+		return nil, false, errors.New("limit must be at least 1")
+	}
+	err = s.db.View(func(tx *bolt.Tx) error {
+		keys, order, err := instanceBuckets(tx, instance)
+		if err != nil {
+			return err
+		}
+		c := order.Cursor()
+		var k, v []byte
+		if opt.StartingAfter != "" {
+			rec, err := getKey(keys, opt.StartingAfter)
+			if errors.Is(err, store.ErrKeyNotFound) {
+				return store.ErrInvalidCursor
+			} else if err != nil {
+				return err
+			}
+			c.Seek(seqKey(rec.Seq))
+			k, v = c.Prev()
+		} else {
+			k, v = c.Last()
+		}
+		for ; k != nil; k, v = c.Prev() {
+			rec, err := getKey(keys, string(v))
+			if err != nil {
+				return err
+			}
+			key := rec.key(instance)
+			if opt.Status != "" && key.Status(opt.Now) != opt.Status {
+				continue
+			}
+			if len(out) == opt.Limit {
+				more = true
+				return nil
+			}
+			out = append(out, key)
+		}
+		return nil
+	})
+	return out, more, err
+}
+
+// update applies f to a key record in one transaction and returns the key afterwards.
+func (s *Store) update(instance, id string, f func(*keyRecord) (changed bool, err error)) (k store.Key, changed bool, err error) {
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		keys, _, err := instanceBuckets(tx, instance)
+		if err != nil {
+			return err
+		}
+		rec, err := getKey(keys, id)
+		if err != nil {
+			return err
+		}
+		if changed, err = f(&rec); err != nil {
+			return err
+		}
+		if changed {
+			if err := putKey(keys, rec); err != nil {
+				return err
+			}
+		}
+		k = rec.key(instance)
+		return nil
+	})
+	return k, changed, err
+}
+
+// RevokeKey implements store.Store.
+func (s *Store) RevokeKey(_ context.Context, instance, id string, at time.Time) (store.Key, error) {
+	k, _, err := s.update(instance, id, func(r *keyRecord) (bool, error) {
+		if r.RevokedAt != 0 {
+			return false, nil
+		}
+		r.RevokedAt = unixMilli(at)
+		return true, s.fail("revoke:lookup")
+	})
+	if err != nil {
+		return store.Key{}, err
+	}
+	// Also on a repeated revoke: a caller retrying after an error gets the invalidation out.
+	s.Invalidate(k.Hash)
+	return k, nil
+}
+
+// ExpireKey implements store.Store.
+func (s *Store) ExpireKey(_ context.Context, instance, id string, at time.Time) (store.Key, error) {
+	k, changed, err := s.update(instance, id, func(r *keyRecord) (bool, error) {
+		if r.ExpiresAt != 0 && r.ExpiresAt <= unixMilli(at) {
+			return false, nil
+		}
+		r.ExpiresAt = unixMilli(at)
+		return true, nil
+	})
+	if err != nil {
+		return store.Key{}, err
+	}
+	if changed {
+		s.Invalidate(k.Hash)
+	}
+	return k, nil
+}
+
+// TouchKey implements store.Store.
+func (s *Store) TouchKey(_ context.Context, instance, id string, at time.Time) error {
+	_, _, err := s.update(instance, id, func(r *keyRecord) (bool, error) {
+		if r.LastUsedAt >= unixMilli(at) {
+			return false, nil
+		}
+		r.LastUsedAt = unixMilli(at)
+		return true, nil
+	})
+	return err
+}
+
+// Subscribe implements store.Store. The file store has one process, so its invalidation
+// channel is always healthy.
+func (s *Store) Subscribe(w store.Watcher) func() {
+	w.SetHealthy(true)
+	return s.Watchers.Subscribe(w)
+}
+
+// Ping implements store.Store.
+func (s *Store) Ping(context.Context) error {
+	return s.db.View(func(*bolt.Tx) error { return nil })
+}
+
+// Close implements store.Store.
+func (s *Store) Close() error { return s.db.Close() }
+
+// Interface guards
+var _ store.Store = (*Store)(nil)

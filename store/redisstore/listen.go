@@ -1,0 +1,171 @@
+package redisstore
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/keygate/keygate/apikey"
+	"github.com/keygate/keygate/store"
+)
+
+// listen follows the invalidation stream and delivers it to the watchers. A stream, unlike
+// pub/sub, has a cursor: after a dropped connection the listener reads on from the last entry
+// it saw, so nothing published meanwhile is lost. When that is impossible (the stream was
+// trimmed past the cursor, or Redis lost it) the watchers are flushed instead. Watchers are
+// told the channel is unhealthy from the first error until the listener has caught up.
+func (s *Store) listen(ctx context.Context) {
+	defer close(s.done)
+	const block = time.Second
+	var (
+		cursor  string // last entry seen; "" until the position is known
+		backoff = 50 * time.Millisecond
+	)
+	for ctx.Err() == nil {
+		if cursor == "" {
+			id, err := s.streamTail(ctx)
+			if err != nil {
+				s.listenerError(ctx, err, &backoff)
+				continue
+			}
+			// Nothing is cached before the first position is known, so nothing to replay.
+			cursor = id
+		}
+		res, err := s.rdb.XRead(ctx, &redis.XReadArgs{
+			Streams: []string{s.kStream(), cursor}, Count: 1000, Block: block,
+		}).Result()
+		if errors.Is(err, redis.Nil) {
+			s.setHealthy(true)
+			backoff = 50 * time.Millisecond
+			continue
+		}
+		if err != nil {
+			if s.listenerError(ctx, err, &backoff) {
+				// Reconnected later: check that the stream still holds what follows the cursor.
+				cursor = s.resume(ctx, cursor)
+			}
+			continue
+		}
+		for _, st := range res {
+			hashes := make([]apikey.Hash, 0, len(st.Messages))
+			flush := false
+			for _, m := range st.Messages {
+				v, _ := m.Values["h"].(string)
+				var h apikey.Hash
+				if v == "*" {
+					flush = true
+				} else if n, err := hex.Decode(h[:], []byte(v)); err == nil && n == len(h) {
+					hashes = append(hashes, h)
+				}
+				cursor = m.ID
+			}
+			if flush {
+				s.Each(func(w store.Watcher) { w.Flush() })
+			} else if len(hashes) > 0 {
+				s.Invalidate(hashes...)
+			}
+		}
+		s.setHealthy(true)
+		backoff = 50 * time.Millisecond
+	}
+	s.setHealthy(false)
+}
+
+// listenerError marks the channel unhealthy and waits before the next try. It returns
+// whether the listener should resume (false when shutting down).
+func (s *Store) listenerError(ctx context.Context, err error, backoff *time.Duration) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	s.setHealthy(false)
+	if s.opts.OnError != nil {
+		s.opts.OnError(err)
+	}
+	t := time.NewTimer(*backoff)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+	}
+	if *backoff < time.Second {
+		*backoff *= 2
+	}
+	return true
+}
+
+// streamTail returns the id of the stream's last entry, or "0-0".
+func (s *Store) streamTail(ctx context.Context) (string, error) {
+	info, err := s.rdb.XInfoStream(ctx, s.kStream()).Result()
+	if err != nil {
+		if isNoSuchKey(err) {
+			return "0-0", nil
+		}
+		return "", err
+	}
+	return info.LastGeneratedID, nil
+}
+
+// resume returns the cursor to read on from after a dropped connection: the same cursor when
+// the stream still holds every entry after it, else (after flushing every watcher) the tail.
+// It returns "" when Redis cannot be asked yet (the caller starts over).
+func (s *Store) resume(ctx context.Context, cursor string) string {
+	info, err := s.rdb.XInfoStream(ctx, s.kStream()).Result()
+	switch {
+	case err != nil && isNoSuchKey(err):
+		if cursor == "0-0" {
+			return cursor
+		}
+		s.Each(func(w store.Watcher) { w.Flush() })
+		return "0-0"
+	case err != nil:
+		return cursor // still down: XREAD will fail again and we come back here
+	}
+	gap := compareIDs(info.LastGeneratedID, cursor) < 0 // stream recreated: ids went back
+	if info.Length > 0 && compareIDs(info.FirstEntry.ID, cursor) > 0 && cursor != "0-0" {
+		gap = true // entries after the cursor may have been trimmed away
+	}
+	if info.MaxDeletedEntryID != "" && compareIDs(info.MaxDeletedEntryID, cursor) > 0 {
+		gap = true
+	}
+	if gap {
+		s.Each(func(w store.Watcher) { w.Flush() })
+		return info.LastGeneratedID
+	}
+	return cursor
+}
+
+func isNoSuchKey(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "no such key")
+}
+
+// compareIDs orders two stream ids "ms-seq".
+func compareIDs(a, b string) int {
+	am, as := splitID(a)
+	bm, bs := splitID(b)
+	switch {
+	case am != bm:
+		if am < bm {
+			return -1
+		}
+		return 1
+	case as != bs:
+		if as < bs {
+			return -1
+		}
+		return 1
+	}
+	return 0
+}
+
+func splitID(id string) (uint64, uint64) {
+	ms, seq, _ := strings.Cut(id, "-")
+	a, _ := strconv.ParseUint(ms, 10, 64)
+	b, _ := strconv.ParseUint(seq, 10, 64)
+	return a, b
+}

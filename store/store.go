@@ -1,0 +1,187 @@
+// Package store defines where keys live: the Store interface that the gateway and the admin
+// endpoint use, the records it holds, and the invalidation events it delivers. Two
+// implementations pass one contract suite (package storetest): store/redisstore and
+// store/filestore.
+package store
+
+import (
+	"context"
+	"errors"
+	"regexp"
+	"time"
+
+	"github.com/keygate/keygate/apikey"
+)
+
+// Errors every Store returns for the same situations.
+var (
+	ErrInstanceNotFound = errors.New("instance not found")
+	ErrInstanceExists   = errors.New("instance already exists")
+	ErrKeyNotFound      = errors.New("api key not found")
+	// ErrInvalidCursor means ListOptions.StartingAfter names no key of the instance.
+	ErrInvalidCursor = errors.New("starting_after names no key of this instance")
+)
+
+// Instance is a Nora instance; every key belongs to one.
+type Instance struct {
+	ID          string
+	Name        string
+	Environment apikey.Environment
+}
+
+var instanceIDPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+
+// ValidInstanceID reports whether id has the form SPEC §1 allows.
+func ValidInstanceID(id string) bool { return instanceIDPattern.MatchString(id) }
+
+// Status is a key's computed state.
+type Status string
+
+// The statuses a key can have. They are computed, never stored.
+const (
+	StatusActive  Status = "active"
+	StatusExpired Status = "expired"
+	StatusRevoked Status = "revoked"
+)
+
+// Key is the listed record of an API key. The secret itself is never stored: only its Hash.
+type Key struct {
+	ID          string
+	Instance    string
+	Environment apikey.Environment
+	Name        string
+	// Prefix is the part of the secret that may be shown: "sk_live_abc123".
+	Prefix     string
+	Hash       apikey.Hash
+	CreatedAt  time.Time
+	ExpiresAt  time.Time // zero: never expires
+	RevokedAt  time.Time // zero: not revoked
+	LastUsedAt time.Time // zero: never used
+}
+
+// Status computes the key's status at now: revoked, else expired if ExpiresAt is not after
+// now, else active.
+func (k Key) Status(now time.Time) Status {
+	return status(k.RevokedAt, k.ExpiresAt, now)
+}
+
+// Lookup is what the gateway needs to decide on a presented key, found by its hash.
+type Lookup struct {
+	ID          string
+	Instance    string
+	Environment apikey.Environment
+	ExpiresAt   time.Time // zero: never
+	RevokedAt   time.Time // zero: not revoked
+}
+
+// Status computes the key's status at now, as Key.Status does.
+func (l Lookup) Status(now time.Time) Status {
+	return status(l.RevokedAt, l.ExpiresAt, now)
+}
+
+func status(revokedAt, expiresAt, now time.Time) Status {
+	switch {
+	case !revokedAt.IsZero():
+		return StatusRevoked
+	case !expiresAt.IsZero() && !expiresAt.After(now):
+		return StatusExpired
+	}
+	return StatusActive
+}
+
+// ListOptions select a page of an instance's keys, newest (last created) first.
+type ListOptions struct {
+	// Limit is the page size; it must be at least 1.
+	Limit int
+	// StartingAfter is the id of the last key of the previous page, or "".
+	StartingAfter string
+	// Status keeps only keys with this status at Now; "" keeps all.
+	Status Status
+	Now    time.Time
+}
+
+// Store holds instances and keys. Implementations are safe for concurrent use.
+//
+// Writes that can make a key refuse (RevokeKey, ExpireKey) deliver an invalidation of the
+// key's hash to every Watcher subscribed in this process before they return, and to the
+// watchers of every other process sharing the store soon after.
+type Store interface {
+	// CreateInstance adds an instance; ErrInstanceExists if its id is taken.
+	CreateInstance(ctx context.Context, in Instance) error
+	// Instance returns one instance, or ErrInstanceNotFound.
+	Instance(ctx context.Context, id string) (Instance, error)
+	// Instances returns all instances, ordered by id.
+	Instances(ctx context.Context) ([]Instance, error)
+
+	// CreateKey stores a new key (its ID, Hash, Prefix, Name, CreatedAt, ExpiresAt set by
+	// the caller) in an existing instance. The listed record is written first and the
+	// lookup entry last: a failure half-way leaves no working key.
+	CreateKey(ctx context.Context, k Key) error
+	// Key returns one key of an instance, or ErrKeyNotFound.
+	Key(ctx context.Context, instance, id string) (Key, error)
+	// LookupHash finds a key by the hash of its secret, or ErrKeyNotFound.
+	LookupHash(ctx context.Context, h apikey.Hash) (Lookup, error)
+	// ListKeys returns a page of an instance's keys, newest first, and whether more follow.
+	ListKeys(ctx context.Context, instance string, opt ListOptions) (keys []Key, hasMore bool, err error)
+	// RevokeKey marks a key revoked at `at` and returns it. Revoking a revoked key changes
+	// nothing and returns it with its first RevokedAt. The lookup entry is marked first.
+	RevokeKey(ctx context.Context, instance, id string, at time.Time) (Key, error)
+	// ExpireKey moves a key's expiry earlier to `at` (never later) and returns it.
+	ExpireKey(ctx context.Context, instance, id string, at time.Time) (Key, error)
+	// TouchKey records a use of the key at `at` (last_used_at), never moving it back.
+	TouchKey(ctx context.Context, instance, id string, at time.Time) error
+
+	// Subscribe registers w to receive invalidations until the returned function is called.
+	Subscribe(w Watcher) (unsubscribe func())
+	// Ping reports whether the store answers.
+	Ping(ctx context.Context) error
+	// Close releases the store's connections and goroutines.
+	Close() error
+}
+
+// Watcher receives the invalidation events of a store. Its methods must not block for long:
+// they run on the writer's goroutine (local writes) or on the store's listener goroutine.
+type Watcher interface {
+	// Invalidate says that the keys with these hashes changed in a way that can refuse them.
+	Invalidate(hashes ...apikey.Hash)
+	// Flush says that any key may have changed: invalidations may have been lost.
+	Flush()
+	// SetHealthy says whether invalidations are being delivered. While it is false, a
+	// watcher must not trust what it cached; when it turns true again, everything missed
+	// has already been delivered (or Flush called).
+	SetHealthy(ok bool)
+}
+
+// Roll replaces the key `id` with next (created in the same instance, its fields set by the
+// caller) and makes the old key expire at oldExpiresAt, unless it already expires earlier.
+// It returns the old key as it is afterwards.
+func Roll(ctx context.Context, s Store, instance, id string, next Key, oldExpiresAt time.Time) (Key, error) {
+	old, err := s.Key(ctx, instance, id)
+	if err != nil {
+		return Key{}, err
+	}
+	if next.Instance != old.Instance {
+		return Key{}, errors.New("rolled key must stay in its instance")
+	}
+	if err := s.CreateKey(ctx, next); err != nil {
+		return Key{}, err
+	}
+	return s.ExpireKey(ctx, instance, id, oldExpiresAt)
+}
+
+// Millis is how stores keep times: Unix milliseconds, 0 for the zero time. Every time a store
+// returns is in UTC and truncated to the millisecond.
+func Millis(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixMilli()
+}
+
+// FromMillis is the inverse of Millis.
+func FromMillis(ms int64) time.Time {
+	if ms == 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(ms).UTC()
+}

@@ -1,0 +1,406 @@
+// Package verify decides on one presented API key: format and checksum, environment, then the
+// in-process cache or one store lookup, then revoked and expired. It owns the positive cache
+// (ristretto), the negative cache (an LRU of unknown hashes) and the invalidation state, and
+// keeps SPEC §4's guarantees:
+//
+//   - a hit costs no store round trip, and expiry is checked on every request against the
+//     cached expires_at, so the cache never extends a key's life;
+//   - an entry holds the full key hash and a hit compares it (ristretto keeps a fingerprint);
+//   - once an invalidation has been delivered (Invalidate returns), no request is answered
+//     from what was cached before it, and no lookup that started before it fills the cache
+//     or is joined by a request that arrives after it;
+//   - while the invalidation channel is unhealthy the cache is not trusted: keys are checked
+//     at the store, and only if the store fails too does a cached entry answer, for at most
+//     MaxStale after the channel dropped;
+//   - bad checksums never reach the store; concurrent misses on one key make one store call.
+package verify
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/dgraph-io/ristretto/v2"
+	lru "github.com/hashicorp/golang-lru/v2"
+	"go.uber.org/zap"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/keygate/keygate/apikey"
+	"github.com/keygate/keygate/store"
+)
+
+// Code is the outcome of a verification.
+type Code uint8
+
+// The outcomes, in SPEC §2's words.
+const (
+	OK Code = iota
+	InvalidKey
+	Revoked
+	Expired
+	WrongEnvironment
+	Unavailable
+	numCodes
+)
+
+// String returns the API error code ("" for OK).
+func (c Code) String() string {
+	switch c {
+	case OK:
+		return "ok"
+	case InvalidKey:
+		return "invalid_api_key"
+	case Revoked:
+		return "api_key_revoked"
+	case Expired:
+		return "api_key_expired"
+	case WrongEnvironment:
+		return "api_key_wrong_environment"
+	case Unavailable:
+		return "auth_unavailable"
+	}
+	return "unknown"
+}
+
+// Result is a verification's outcome; the key fields are set when Code is OK.
+type Result struct {
+	Code        Code
+	KeyID       string
+	Instance    string
+	Environment apikey.Environment
+}
+
+// Config tunes a Verifier. Zero fields take the defaults of SPEC §3.
+type Config struct {
+	// Size is how many keys the positive cache holds (default 1,000,000).
+	Size int64
+	// TTL is the longest life of a positive entry (default 5m).
+	TTL time.Duration
+	// NegativeTTL is how long unknown keys are remembered (default 10s); NegativeSize how
+	// many (default 100,000).
+	NegativeTTL  time.Duration
+	NegativeSize int
+	// MaxStale is how long cached keys keep serving once the store and its invalidation
+	// channel are unreachable, counted from when the channel dropped (default 30s).
+	MaxStale time.Duration
+	// LookupTimeout bounds one store lookup (default 2s).
+	LookupTimeout time.Duration
+	// TouchInterval is the least time between two last_used_at writes for one key
+	// (default 1m).
+	TouchInterval time.Duration
+	// Hasher hashes keys (default plain SHA-256).
+	Hasher apikey.Hasher
+	// Now is the clock (default time.Now).
+	Now    func() time.Time
+	Logger *zap.Logger
+}
+
+func (c *Config) defaults() {
+	if c.Size <= 0 {
+		c.Size = 1_000_000
+	}
+	if c.TTL <= 0 {
+		c.TTL = 5 * time.Minute
+	}
+	if c.NegativeTTL <= 0 {
+		c.NegativeTTL = 10 * time.Second
+	}
+	if c.NegativeSize <= 0 {
+		c.NegativeSize = 100_000
+	}
+	if c.MaxStale <= 0 {
+		c.MaxStale = 30 * time.Second
+	}
+	if c.LookupTimeout <= 0 {
+		c.LookupTimeout = 2 * time.Second
+	}
+	if c.TouchInterval <= 0 {
+		c.TouchInterval = time.Minute
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Logger == nil {
+		c.Logger = zap.NewNop()
+	}
+}
+
+// entry is a cached key. It is immutable but for lastTouch.
+type entry struct {
+	hash      apikey.Hash
+	id        string
+	instance  string
+	env       apikey.Environment
+	expires   int64 // unix nanoseconds; 0: never
+	revoked   bool
+	epoch     uint64
+	lastTouch atomic.Int64 // unix nanoseconds of the last last_used_at write queued
+}
+
+type touch struct {
+	instance, id string
+	at           time.Time
+}
+
+// Stats counts what a Verifier did; all fields only grow.
+type Stats struct {
+	Results      [numCodes]atomic.Uint64
+	CacheHits    atomic.Uint64
+	CacheMisses  atomic.Uint64
+	NegativeHits atomic.Uint64
+	StoreLookups atomic.Uint64
+}
+
+// Verifier verifies keys against a store. It is safe for concurrent use; it must be
+// subscribed to its store (New does it) to receive invalidations.
+type Verifier struct {
+	cfg   Config
+	store store.Store
+	cache *ristretto.Cache[uint64, *entry]
+	neg   *lru.Cache[apikey.Hash, int64] // hash → expiry (unix nanoseconds)
+	sf    singleflight.Group
+
+	// gen counts invalidations. A lookup remembers gen when it starts; it fills the cache only
+	// if gen has not moved, checked under fillMu, and requests join only a lookup of the
+	// current gen. epoch counts flushes: entries of an older epoch are ignored.
+	fillMu sync.Mutex
+	gen    atomic.Uint64
+	epoch  atomic.Uint64
+
+	healthy   atomic.Bool
+	downSince atomic.Int64 // unix nanoseconds when the channel dropped
+
+	touches     chan touch
+	unsubscribe func()
+	stop        chan struct{}
+	done        chan struct{}
+
+	Stats Stats
+}
+
+// New returns a Verifier on s and subscribes it to s's invalidations. Close it when done.
+func New(s store.Store, cfg Config) (*Verifier, error) {
+	cfg.defaults()
+	cache, err := ristretto.NewCache(&ristretto.Config[uint64, *entry]{
+		NumCounters:        cfg.Size * 10,
+		MaxCost:            cfg.Size,
+		BufferItems:        64,
+		IgnoreInternalCost: true, // cost 1 per entry: Size is a number of keys
+	})
+	if err != nil {
+		return nil, err
+	}
+	neg, err := lru.New[apikey.Hash, int64](cfg.NegativeSize)
+	if err != nil {
+		cache.Close()
+		return nil, err
+	}
+	v := &Verifier{cfg: cfg, store: s, cache: cache, neg: neg,
+		touches: make(chan touch, 1024), stop: make(chan struct{}), done: make(chan struct{})}
+	v.downSince.Store(cfg.Now().UnixNano())
+	v.unsubscribe = s.Subscribe(v)
+	go v.writeTouches()
+	return v, nil
+}
+
+// Close unsubscribes and stops the Verifier's goroutines. It does not close the store.
+func (v *Verifier) Close() {
+	v.unsubscribe()
+	close(v.stop)
+	<-v.done
+	v.cache.Close()
+}
+
+func cacheKey(h *apikey.Hash) uint64 { return binary.LittleEndian.Uint64(h[:8]) }
+
+// Verify decides on key for a route that accepts want (EnvUnknown: any environment).
+func (v *Verifier) Verify(key string, want apikey.Environment) Result {
+	r := v.verify(key, want)
+	v.Stats.Results[r.Code].Add(1)
+	return r
+}
+
+func (v *Verifier) verify(key string, want apikey.Environment) Result {
+	env, err := apikey.Parse(key)
+	if err != nil {
+		return Result{Code: InvalidKey}
+	}
+	if want != apikey.EnvUnknown && env != want {
+		return Result{Code: WrongEnvironment}
+	}
+	h := v.cfg.Hasher.Sum(key)
+	now := v.cfg.Now()
+
+	e, hit := v.cache.Get(cacheKey(&h))
+	if hit && (e.hash != h || e.epoch != v.epoch.Load()) {
+		hit = false
+	}
+	if hit && v.healthy.Load() {
+		v.Stats.CacheHits.Add(1)
+		return v.decideEntry(e, env, now)
+	}
+	if !hit {
+		v.Stats.CacheMisses.Add(1)
+		if exp, ok := v.neg.Get(h); ok && exp > now.UnixNano() {
+			v.Stats.NegativeHits.Add(1)
+			return Result{Code: InvalidKey}
+		}
+	}
+
+	gen := v.gen.Load()
+	l, err := v.lookup(h, gen)
+	switch {
+	case errors.Is(err, store.ErrKeyNotFound):
+		v.neg.Add(h, now.Add(v.cfg.NegativeTTL).UnixNano())
+		return Result{Code: InvalidKey}
+	case err != nil:
+		// The store failed. A cached entry may answer while the channel has been down for
+		// less than MaxStale (it dropped at the latest when this lookup failed).
+		if hit && !v.healthy.Load() && now.UnixNano()-v.downSince.Load() <= int64(v.cfg.MaxStale) {
+			return v.decideEntry(e, env, now)
+		}
+		return Result{Code: Unavailable}
+	}
+	e = v.fill(h, l, gen)
+	return v.decideEntry(e, env, now)
+}
+
+// lookup asks the store, sharing the call with concurrent lookups of the same key that
+// started in the same invalidation generation.
+func (v *Verifier) lookup(h apikey.Hash, gen uint64) (store.Lookup, error) {
+	var buf [len(h) + 20]byte
+	k := strconv.AppendUint(append(buf[:0], h[:]...), gen, 10)
+	r, err, _ := v.sf.Do(string(k), func() (any, error) {
+		v.Stats.StoreLookups.Add(1)
+		ctx, cancel := context.WithTimeout(context.Background(), v.cfg.LookupTimeout)
+		defer cancel()
+		return v.store.LookupHash(ctx, h)
+	})
+	if err != nil {
+		return store.Lookup{}, err
+	}
+	return r.(store.Lookup), nil
+}
+
+// fill builds the entry for a lookup and caches it, unless an invalidation or a flush came
+// since the lookup started or the channel is down.
+func (v *Verifier) fill(h apikey.Hash, l store.Lookup, gen uint64) *entry {
+	e := &entry{hash: h, id: l.ID, instance: l.Instance, env: l.Environment,
+		expires: unixNano(l.ExpiresAt), revoked: !l.RevokedAt.IsZero()}
+	v.fillMu.Lock()
+	defer v.fillMu.Unlock()
+	e.epoch = v.epoch.Load()
+	if v.gen.Load() == gen && v.healthy.Load() {
+		ttl := v.cfg.TTL
+		if e.expires != 0 {
+			// No point keeping it past its expiry (it would answer expired from the cache,
+			// which is correct, but holds memory).
+			if until := time.Duration(e.expires - v.cfg.Now().UnixNano()); until > 0 && until < ttl {
+				ttl = until + time.Second
+			}
+		}
+		v.cache.SetWithTTL(cacheKey(&h), e, 1, ttl)
+	}
+	return e
+}
+
+func unixNano(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func (v *Verifier) decideEntry(e *entry, env apikey.Environment, now time.Time) Result {
+	switch {
+	case e.env != env:
+		// The prefix and the record disagree: not a key we issued.
+		return Result{Code: InvalidKey}
+	case e.revoked:
+		return Result{Code: Revoked}
+	case e.expires != 0 && e.expires <= now.UnixNano():
+		return Result{Code: Expired}
+	}
+	v.touch(e, now)
+	return Result{Code: OK, KeyID: e.id, Instance: e.instance, Environment: e.env}
+}
+
+// touch queues a last_used_at write at most once per TouchInterval per cached key; the
+// writes happen off the request path and are dropped when the queue is full.
+func (v *Verifier) touch(e *entry, now time.Time) {
+	n := now.UnixNano()
+	last := e.lastTouch.Load()
+	if n-last < int64(v.cfg.TouchInterval) || !e.lastTouch.CompareAndSwap(last, n) {
+		return
+	}
+	select {
+	case v.touches <- touch{instance: e.instance, id: e.id, at: now}:
+	default:
+	}
+}
+
+func (v *Verifier) writeTouches() {
+	defer close(v.done)
+	for {
+		select {
+		case <-v.stop:
+			return
+		case t := <-v.touches:
+			ctx, cancel := context.WithTimeout(context.Background(), v.cfg.LookupTimeout)
+			if err := v.store.TouchKey(ctx, t.instance, t.id, t.at); err != nil {
+				v.cfg.Logger.Debug("recording last use", zap.String("key_id", t.id), zap.Error(err))
+			}
+			cancel()
+		}
+	}
+}
+
+// Invalidate implements store.Watcher: the keys are dropped from the cache, and no lookup
+// that started before this call will fill it. When Invalidate returns, no request is answered
+// from the old entries.
+func (v *Verifier) Invalidate(hashes ...apikey.Hash) {
+	v.fillMu.Lock()
+	v.gen.Add(1)
+	v.fillMu.Unlock()
+	for i := range hashes {
+		v.cache.Del(cacheKey(&hashes[i]))
+	}
+	// A Set queued before the gen moved may still be in ristretto's buffer and would be
+	// applied after the Del: wait for the buffer to drain, then delete again.
+	v.cache.Wait()
+	for i := range hashes {
+		v.cache.Del(cacheKey(&hashes[i]))
+	}
+}
+
+// Flush implements store.Watcher: every cached entry stops counting.
+func (v *Verifier) Flush() {
+	v.fillMu.Lock()
+	v.gen.Add(1)
+	v.epoch.Add(1)
+	v.fillMu.Unlock()
+	v.neg.Purge()
+}
+
+// SetHealthy implements store.Watcher.
+func (v *Verifier) SetHealthy(ok bool) {
+	v.fillMu.Lock()
+	defer v.fillMu.Unlock()
+	if ok {
+		v.healthy.Store(true)
+		return
+	}
+	if v.healthy.Swap(false) {
+		v.downSince.Store(v.cfg.Now().UnixNano())
+	}
+}
+
+// Healthy reports whether the cache is trusted (the invalidation channel is up).
+func (v *Verifier) Healthy() bool { return v.healthy.Load() }
+
+// Interface guards
+var _ store.Watcher = (*Verifier)(nil)
