@@ -1,0 +1,56 @@
+package caddymodule
+
+import (
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+func init() {
+	httpcaddyfile.RegisterHandlerDirective("nora_auth", parseAuth)
+	// Early, with the other authentication handlers: no `order` or `route` needed.
+	httpcaddyfile.RegisterDirectiveOrder("nora_auth", httpcaddyfile.After, "basic_auth")
+}
+
+func parseAuth(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	a := new(Auth)
+	err := a.UnmarshalCaddyfile(h.Dispenser)
+	return a, err
+}
+
+// UnmarshalCaddyfile sets up the handler:
+//
+//	nora_auth {
+//		environment any|production|sandbox
+//		keep_authorization
+//	}
+func (a *Auth) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // the directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch d.Val() {
+		case "environment":
+			if !d.AllArgs(&a.Environment) {
+				return d.ArgErr()
+			}
+			switch a.Environment {
+			case "any", "production", "sandbox":
+			default:
+				return d.Errf("environment must be any, production or sandbox, not %q", a.Environment)
+			}
+		case "keep_authorization":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			a.KeepAuthorization = true
+		default:
+			return d.Errf("unrecognized nora_auth option '%s'", d.Val())
+		}
+	}
+	return nil
+}
+
+// Interface guards
+var _ caddyfile.Unmarshaler = (*Auth)(nil)

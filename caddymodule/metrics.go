@@ -1,0 +1,64 @@
+package caddymodule
+
+import (
+	"errors"
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/keygate/keygate/verify"
+)
+
+// Metrics are built once per process and registered into each config's registry, so their
+// values survive reloads. No label carries key material: only result codes.
+var (
+	verificationsVec = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "keygate", Name: "verifications_total",
+		Help: "API key verifications by nora_auth, by result code.",
+	}, []string{"code"})
+	verifications = func() (out [numGwCodes]prometheus.Counter) {
+		for c := range out {
+			out[c] = verificationsVec.WithLabelValues(errorBodies[c].code)
+		}
+		return out
+	}()
+
+	// currentVerifier is the verifier of the latest started config, read by the cache metrics.
+	currentVerifier atomic.Pointer[verify.Verifier]
+
+	statCollectors = []prometheus.Collector{
+		statCounter("cache_hits_total", "Verifications answered from the positive cache.",
+			func(s *verify.Stats) uint64 { return s.CacheHits.Load() }),
+		statCounter("cache_misses_total", "Verifications that found no usable positive cache entry.",
+			func(s *verify.Stats) uint64 { return s.CacheMisses.Load() }),
+		statCounter("negative_cache_hits_total", "Unknown keys answered from the negative cache.",
+			func(s *verify.Stats) uint64 { return s.NegativeHits.Load() }),
+		statCounter("store_lookups_total", "Key lookups sent to the store (concurrent misses share one).",
+			func(s *verify.Stats) uint64 { return s.StoreLookups.Load() }),
+	}
+)
+
+func statCounter(name, help string, f func(*verify.Stats) uint64) prometheus.Collector {
+	return prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "keygate", Name: name, Help: help},
+		func() float64 {
+			if v := currentVerifier.Load(); v != nil {
+				return float64(f(&v.Stats))
+			}
+			return 0
+		})
+}
+
+func registerMetrics(reg prometheus.Registerer) error {
+	if reg == nil {
+		return nil
+	}
+	for _, c := range append([]prometheus.Collector{verificationsVec}, statCollectors...) {
+		if err := reg.Register(c); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if !errors.As(err, &are) {
+				return err
+			}
+		}
+	}
+	return nil
+}
