@@ -185,3 +185,23 @@ func FromMillis(ms int64) time.Time {
 	}
 	return time.UnixMilli(ms).UTC()
 }
+
+// Mint makes a new key for instance in: its secret (to show once, never to keep) and the
+// record to store with CreateKey. Times are truncated to the millisecond, as stores keep them.
+func Mint(h apikey.Hasher, in Instance, name string, expiresAt, now time.Time) (secret string, k Key, err error) {
+	secret, err = apikey.Generate(in.Environment)
+	if err != nil {
+		return "", Key{}, err
+	}
+	id, err := apikey.NewID("key_", 24)
+	if err != nil {
+		return "", Key{}, err
+	}
+	return secret, Key{
+		ID: id, Instance: in.ID, Environment: in.Environment, Name: name,
+		Prefix:    apikey.DisplayPrefix(secret),
+		Hash:      h.Sum(secret),
+		CreatedAt: FromMillis(Millis(now)),
+		ExpiresAt: FromMillis(Millis(expiresAt)),
+	}, nil
+}

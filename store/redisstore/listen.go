@@ -25,6 +25,10 @@ func (s *Store) listen(ctx context.Context) {
 	var (
 		cursor  string // last entry seen; "" until the position is known
 		backoff = 50 * time.Millisecond
+		// caughtUp: a read since the last (re)connection returned everything up to the
+		// stream's end. Until then reads do not block, so the listener turns healthy as
+		// soon as it has delivered what it missed.
+		caughtUp bool
 	)
 	for ctx.Err() == nil {
 		if cursor == "" {
@@ -35,16 +39,23 @@ func (s *Store) listen(ctx context.Context) {
 			}
 			// Nothing is cached before the first position is known, so nothing to replay.
 			cursor = id
+			caughtUp = false
+		}
+		wait := block
+		if !caughtUp {
+			wait = -1 // no BLOCK
 		}
 		res, err := s.rdb.XRead(ctx, &redis.XReadArgs{
-			Streams: []string{s.kStream(), cursor}, Count: 1000, Block: block,
+			Streams: []string{s.kStream(), cursor}, Count: 1000, Block: wait,
 		}).Result()
 		if errors.Is(err, redis.Nil) {
+			caughtUp = true
 			s.setHealthy(true)
 			backoff = 50 * time.Millisecond
 			continue
 		}
 		if err != nil {
+			caughtUp = false
 			if s.listenerError(ctx, err, &backoff) {
 				// Reconnected later: check that the stream still holds what follows the cursor.
 				cursor = s.resume(ctx, cursor)
@@ -70,10 +81,21 @@ func (s *Store) listen(ctx context.Context) {
 				s.Invalidate(hashes...)
 			}
 		}
-		s.setHealthy(true)
+		if n := countMessages(res); n < 1000 {
+			caughtUp = true
+			s.setHealthy(true)
+		}
 		backoff = 50 * time.Millisecond
 	}
 	s.setHealthy(false)
+}
+
+func countMessages(res []redis.XStream) int {
+	n := 0
+	for _, st := range res {
+		n += len(st.Messages)
+	}
+	return n
 }
 
 // listenerError marks the channel unhealthy and waits before the next try. It returns
