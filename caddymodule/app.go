@@ -28,6 +28,15 @@ import (
 
 func init() {
 	caddy.RegisterModule(App{})
+	redis.SetLogger(redisLogger{})
+}
+
+// redisLogger sends go-redis' own log lines (dial failures, pool events) through Caddy's
+// logger instead of the standard library's. They carry addresses, never credentials.
+type redisLogger struct{}
+
+func (redisLogger) Printf(_ context.Context, format string, v ...any) {
+	caddy.Log().Named("nora.redis").Debug(fmt.Sprintf(format, v...))
 }
 
 // App is the `nora` app: it owns the store connection, the key caches and the invalidation
@@ -375,6 +384,8 @@ func redisClientFunc(c StoreConfig) (func() redis.UniversalClient, error) {
 			return nil, errors.New("invalid redis URL (expected redis://[user:password@]host:port/db)")
 		}
 		opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout = timeout, timeout, timeout
+		// Fail fast: a gateway answers 503 rather than hang while Redis is down.
+		opt.MaxRetries, opt.DialerRetries = 1, 1
 		return func() redis.UniversalClient { return redis.NewClient(opt) }, nil
 	}
 	if len(c.Addrs) == 0 {
@@ -396,6 +407,7 @@ func redisClientFunc(c StoreConfig) (func() redis.UniversalClient, error) {
 		Addrs: c.Addrs, MasterName: c.MasterName, Username: c.Username, Password: c.Password,
 		SentinelPassword: c.SentinelPassword, DB: db, TLSConfig: tlsCfg,
 		DialTimeout: timeout, ReadTimeout: timeout, WriteTimeout: timeout,
+		MaxRetries: 1, DialerRetries: 1,
 	}
 	if c.Cluster || (c.MasterName == "" && len(c.Addrs) > 1) {
 		if db != 0 {
