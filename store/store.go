@@ -20,6 +20,8 @@ var (
 	ErrKeyNotFound      = errors.New("api key not found")
 	// ErrInvalidCursor means ListOptions.StartingAfter names no key of the instance.
 	ErrInvalidCursor = errors.New("starting_after names no key of this instance")
+	// ErrNoExpiry: ExpireKey needs a time (a key's expiry only ever moves earlier).
+	ErrNoExpiry = errors.New("an expiry time is required")
 )
 
 // Instance is a Nora instance; every key belongs to one.

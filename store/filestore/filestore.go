@@ -383,6 +383,9 @@ func (s *Store) RevokeKey(_ context.Context, instance, id string, at time.Time) 
 
 // ExpireKey implements store.Store.
 func (s *Store) ExpireKey(_ context.Context, instance, id string, at time.Time) (store.Key, error) {
+	if at.IsZero() {
+		return store.Key{}, store.ErrNoExpiry
+	}
 	k, changed, err := s.update(instance, id, func(r *keyRecord) (bool, error) {
 		if r.ExpiresAt != 0 && r.ExpiresAt <= unixMilli(at) {
 			return false, nil

@@ -45,7 +45,7 @@ func (s *Store) listen(ctx context.Context) {
 		if !caughtUp {
 			wait = -1 // no BLOCK
 		}
-		res, err := s.rdb.XRead(ctx, &redis.XReadArgs{
+		res, err := s.rdb.XRead(withoutRetry(ctx), &redis.XReadArgs{
 			Streams: []string{s.kStream(), cursor}, Count: 1000, Block: wait,
 		}).Result()
 		if errors.Is(err, redis.Nil) {
@@ -97,6 +97,40 @@ func countMessages(res []redis.XStream) int {
 	}
 	return n
 }
+
+// go-redis retries a command that lost its connection on a new one, silently. For the
+// listener's XREAD that would skip resume: a stream that was trimmed, lost or recreated while
+// the connection was down would be read on from the old cursor, and the entries in the gap
+// lost without a Flush (and the channel never reported unhealthy). So the listener's reads
+// are marked, and noRetryHook turns the client's retries off for them: a dropped connection
+// reaches the listener as an error.
+type noRetryKey struct{}
+
+func withoutRetry(ctx context.Context) context.Context {
+	return context.WithValue(ctx, noRetryKey{}, true)
+}
+
+type noRetryHook struct{}
+
+func (noRetryHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (noRetryHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if ctx.Value(noRetryKey{}) != nil {
+			return next(ctx, noRetryCmd{cmd})
+		}
+		return next(ctx, cmd)
+	}
+}
+
+func (noRetryHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// noRetryCmd is a command that the client must not retry.
+type noRetryCmd struct{ redis.Cmder }
+
+func (noRetryCmd) NoRetry() bool { return true }
 
 // listenerError marks the channel unhealthy and waits before the next try. It returns
 // whether the listener should resume (false when shutting down).

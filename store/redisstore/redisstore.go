@@ -73,6 +73,7 @@ func New(rdb redis.UniversalClient, opts Options) *Store {
 	if opts.StreamMaxLen == 0 {
 		opts.StreamMaxLen = 100000
 	}
+	rdb.AddHook(noRetryHook{}) // see listen.go
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Store{rdb: rdb, opts: opts, p: opts.KeyPrefix, cancel: cancel, done: make(chan struct{})}
 	go s.listen(ctx)
@@ -386,6 +387,9 @@ func (s *Store) RevokeKey(ctx context.Context, instance, id string, at time.Time
 
 // ExpireKey implements store.Store, in the same order as RevokeKey.
 func (s *Store) ExpireKey(ctx context.Context, instance, id string, at time.Time) (store.Key, error) {
+	if at.IsZero() {
+		return store.Key{}, store.ErrNoExpiry
+	}
 	return s.refuse(ctx, instance, id, "exp", at, "expire:lookup")
 }
 
