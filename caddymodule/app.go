@@ -58,6 +58,7 @@ type App struct {
 	resolved StoreConfig // Store with placeholders and defaults applied
 	storeRes *storeResource
 	verRes   *verifierResource
+	hasher   apikey.Hasher
 	storeKey string
 	verKey   string
 	logger   *zap.Logger
@@ -178,12 +179,13 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return err
 	}
 	a.verKey = "verifier:" + a.storeKey + string(ck)
+	a.hasher = apikey.NewHasher([]byte(pepper))
 	cfg := verify.Config{
 		Size:        a.Cache.Size,
 		TTL:         time.Duration(a.Cache.TTL),
 		NegativeTTL: time.Duration(a.Cache.NegativeTTL),
 		MaxStale:    time.Duration(a.Cache.MaxStale),
-		Hasher:      apikey.NewHasher([]byte(pepper)),
+		Hasher:      a.hasher,
 		Logger:      a.logger,
 	}
 	v, _, err = pool.LoadOrNew(a.verKey, func() (caddy.Destructor, error) {

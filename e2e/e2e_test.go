@@ -154,9 +154,9 @@ func TestQuickStartCaddyfile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gw, up, admin := freePort(t), freePort(t), freePort(t)
+	gw, up, adm, admin := freePort(t), freePort(t), freePort(t), freePort(t)
 	cf := string(src)
-	for _, r := range [][2]string{{":8080", fmt.Sprintf(":%d", gw)}, {":9000", fmt.Sprintf(":%d", up)}} {
+	for _, r := range [][2]string{{":8080", fmt.Sprintf(":%d", gw)}, {":9000", fmt.Sprintf(":%d", up)}, {":9180", fmt.Sprintf(":%d", adm)}} {
 		if !strings.Contains(cf, r[0]) {
 			t.Fatalf("the quick-start Caddyfile no longer mentions %s", r[0])
 		}

@@ -91,6 +91,27 @@ func status(revokedAt, expiresAt, now time.Time) Status {
 	return StatusActive
 }
 
+// MaxEvents is how many audit events a store keeps per instance; older ones are dropped.
+const MaxEvents = 10000
+
+// Event types of the audit trail.
+const (
+	EventKeyCreated = "api_key.created"
+	EventKeyRevoked = "api_key.revoked"
+	EventKeyRolled  = "api_key.rolled"
+)
+
+// Event is an entry of an instance's audit trail.
+type Event struct {
+	ID        string    `json:"id"`
+	Type      string    `json:"type"`
+	Instance  string    `json:"instance"`
+	KeyID     string    `json:"key_id"`
+	NewKeyID  string    `json:"new_key_id,omitempty"` // rolls only
+	Actor     string    `json:"actor"`                // the admin token's name
+	CreatedAt time.Time `json:"created_at"`
+}
+
 // ListOptions select a page of an instance's keys, newest (last created) first.
 type ListOptions struct {
 	// Limit is the page size; it must be at least 1.
@@ -132,6 +153,12 @@ type Store interface {
 	ExpireKey(ctx context.Context, instance, id string, at time.Time) (Key, error)
 	// TouchKey records a use of the key at `at` (last_used_at), never moving it back.
 	TouchKey(ctx context.Context, instance, id string, at time.Time) error
+
+	// AddEvent appends an audit event (its ID, Type, KeyID, Actor and CreatedAt set by the
+	// caller) to its instance's trail, which keeps the newest MaxEvents (by default).
+	AddEvent(ctx context.Context, e Event) error
+	// ListEvents returns a page of an instance's events, newest first (Status is ignored).
+	ListEvents(ctx context.Context, instance string, opt ListOptions) (events []Event, hasMore bool, err error)
 
 	// Subscribe registers w to receive invalidations until the returned function is called.
 	Subscribe(w Watcher) (unsubscribe func())

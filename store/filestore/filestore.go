@@ -36,6 +36,8 @@ var (
 
 // Options tune a Store.
 type Options struct {
+	// MaxEvents is how many audit events are kept per instance (default store.MaxEvents).
+	MaxEvents int
 	// FailPoint, when set, is called at named points between the steps of a write; an error
 	// it returns aborts the write there. It exists for tests of partial failures.
 	FailPoint func(step string) error
@@ -69,6 +71,9 @@ func Open(path string, opts Options) (*Store, error) {
 	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("initializing store file %s: %v", path, err)
+	}
+	if opts.MaxEvents <= 0 {
+		opts.MaxEvents = store.MaxEvents
 	}
 	return &Store{db: db, opts: opts}, nil
 }

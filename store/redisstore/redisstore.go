@@ -43,6 +43,8 @@ type Options struct {
 	// WaitReplicas, when above 0, makes each write wait for that many replica
 	// acknowledgements (WAIT) before it returns.
 	WaitReplicas int
+	// MaxEvents is how many audit events are kept per instance (default store.MaxEvents).
+	MaxEvents int
 	// FailPoint, when set, is called at named points between the steps of a write; an error
 	// it returns aborts the write there. It exists for tests of partial failures.
 	FailPoint func(step string) error
@@ -72,6 +74,9 @@ func New(rdb redis.UniversalClient, opts Options) *Store {
 	}
 	if opts.StreamMaxLen == 0 {
 		opts.StreamMaxLen = 100000
+	}
+	if opts.MaxEvents <= 0 {
+		opts.MaxEvents = store.MaxEvents
 	}
 	rdb.AddHook(noRetryHook{}) // see listen.go
 	ctx, cancel := context.WithCancel(context.Background())

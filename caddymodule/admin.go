@@ -1,0 +1,170 @@
+package caddymodule
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/keygate/keygate/admin"
+)
+
+func init() {
+	caddy.RegisterModule(Admin{})
+}
+
+// Admin is the `nora_admin` handler: keygate's admin endpoint (JSON API under /v1, /healthz),
+// meant for its own site on a private listener. It is terminal: it answers everything under
+// its route itself. Requests authenticate with `Authorization: Bearer <admin token>`; cookies
+// are never read.
+type Admin struct {
+	// Tokens are the admin tokens. At least one is required.
+	Tokens []TokenConfig `json:"tokens,omitempty"`
+
+	tokens   []admin.Token
+	disabled string // why the endpoint refuses every call, when its tokens resolved empty
+	app      *App
+	logger   *zap.Logger
+
+	lazy *lazyAPI
+}
+
+// lazyAPI is the admin API, built on first use.
+type lazyAPI struct {
+	once sync.Once
+	api  *admin.API
+}
+
+// TokenConfig is one admin token.
+type TokenConfig struct {
+	// Token is the token in clear (usually an {env.*} placeholder) or "sha256:<hex>" of it,
+	// so that the config holds no secret.
+	Token string `json:"token"`
+	// Permissions: apiKey.read, apiKey.create, apiKey.delete, instance.manage.
+	Permissions []string `json:"permissions,omitempty"`
+	// Name appears in the audit trail (default "token-" and 8 hex characters of its hash).
+	Name string `json:"name,omitempty"`
+	// Instances limits the token to these instances (default all).
+	Instances []string `json:"instances,omitempty"`
+}
+
+// CaddyModule returns the Caddy module information.
+func (Admin) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{ID: "http.handlers.nora_admin", New: func() caddy.Module { return new(Admin) }}
+}
+
+const addTokenHint = "add a token line to nora_admin, e.g. `token {env.NORA_ADMIN_TOKEN} apiKey.read apiKey.create apiKey.delete instance.manage`"
+
+// Provision reads the tokens and links the handler to the nora app.
+func (h *Admin) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	h.lazy = new(lazyAPI)
+	if len(h.Tokens) == 0 {
+		return errors.New("nora_admin: no admin token configured: " + addTokenHint)
+	}
+	repl := caddy.NewReplacer()
+	var empty []string
+	for i, tc := range h.Tokens {
+		secret := repl.ReplaceKnown(tc.Token, "")
+		if secret == "" {
+			// Usually an {env.*} placeholder whose variable is not set: the gateway still
+			// starts, and the admin endpoint says what is missing.
+			empty = append(empty, tc.Token)
+			continue
+		}
+		hash, err := admin.TokenHash(secret)
+		if err != nil {
+			return fmt.Errorf("nora_admin: token %d: %v", i+1, err)
+		}
+		t := admin.Token{Name: tc.Name, Hash: hash}
+		if t.Name == "" {
+			t.Name = admin.DefaultTokenName(hash)
+		}
+		for _, p := range tc.Permissions {
+			perm, err := admin.ParsePermission(p)
+			if err != nil {
+				return fmt.Errorf("nora_admin: token %s: %v", t.Name, err)
+			}
+			t.Permissions = append(t.Permissions, perm)
+		}
+		if tc.Instances != nil {
+			t.Instances = append([]string{}, tc.Instances...)
+		}
+		h.tokens = append(h.tokens, t)
+	}
+	if len(h.tokens) == 0 {
+		h.disabled = fmt.Sprintf("No admin token is set: %s resolved empty. Restart keygate with the token set (e.g. export NORA_ADMIN_TOKEN=$(openssl rand -hex 32)).",
+			strings.Join(empty, ", "))
+		h.logger.Warn("admin endpoint disabled: every admin token resolved empty", zap.Strings("tokens", empty))
+	} else if len(empty) > 0 {
+		h.logger.Warn("admin tokens resolved empty and are ignored", zap.Strings("tokens", empty))
+	}
+	app, err := ctx.App("nora")
+	if err != nil {
+		return fmt.Errorf("loading nora app: %v", err)
+	}
+	h.app = app.(*App)
+	return nil
+}
+
+// ServeHTTP implements caddyhttp.MiddlewareHandler; it never calls next.
+func (h *Admin) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	if h.disabled != "" && r.URL.Path != "/healthz" {
+		writeAdminError(w, http.StatusServiceUnavailable, "admin_disabled", h.disabled)
+		return nil
+	}
+	api := h.getAPI()
+	if api == nil {
+		writeAdminError(w, http.StatusServiceUnavailable, "store_unavailable", "The key store is not open yet.")
+		return nil
+	}
+	if !admin.Handles(r.URL.Path) {
+		writeAdminError(w, http.StatusNotFound, "not_found", "Not found. The admin API is under /v1.")
+		return nil
+	}
+	api.ServeHTTP(w, r)
+	return nil
+}
+
+// getAPI builds the API on first use: the store is opened when the nora app starts, after
+// handlers are provisioned.
+func (h *Admin) getAPI() *admin.API {
+	h.lazy.once.Do(func() {
+		s := h.app.KeyStore()
+		if s == nil {
+			return
+		}
+		tokens := h.tokens
+		if len(tokens) == 0 { // disabled: /healthz only
+			tokens = []admin.Token{{Name: "none"}}
+		}
+		api, err := admin.NewAPI(s, tokens, h.app.hasher, h.logger)
+		if err != nil {
+			h.logger.Error("starting the admin API", zap.Error(err))
+			return
+		}
+		h.lazy.api = api
+	})
+	return h.lazy.api
+}
+
+func writeAdminError(w http.ResponseWriter, status int, code, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	if status == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", "1")
+	}
+	w.WriteHeader(status)
+	fmt.Fprintf(w, `{"error":{"type":"api_error","code":%q,"message":%q}}`+"\n", code, msg)
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Admin)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Admin)(nil)
+)
