@@ -451,7 +451,8 @@ func (r *verifierResource) Destruct() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if v := r.v.Swap(nil); v != nil {
-		v.Close()
+		// A request of the old config may still be inside Verify: close later.
+		v.Retire(time.Minute)
 	}
 	return nil
 }

@@ -47,7 +47,7 @@ const (
 	numCodes
 )
 
-// String returns the API error code ("" for OK).
+// String returns the API error code ("ok" for OK).
 func (c Code) String() string {
 	switch c {
 	case OK:
@@ -175,6 +175,7 @@ type Verifier struct {
 	downSince atomic.Int64 // unix nanoseconds when the channel dropped
 
 	touches     chan touch
+	closeOnce   sync.Once
 	unsubscribe func()
 	stop        chan struct{}
 	done        chan struct{}
@@ -208,11 +209,23 @@ func New(s store.Store, cfg Config) (*Verifier, error) {
 }
 
 // Close unsubscribes and stops the Verifier's goroutines. It does not close the store.
+// Closing twice is harmless.
 func (v *Verifier) Close() {
+	v.closeOnce.Do(func() {
+		v.unsubscribe()
+		close(v.stop)
+		<-v.done
+		v.cache.Close()
+	})
+}
+
+// Retire is Close for a verifier that requests may still be using (a config being replaced):
+// it unsubscribes and stops trusting the cache at once — every Verify from now on asks the
+// store — and closes after delay, so that no request inside Verify meets a closed cache.
+func (v *Verifier) Retire(delay time.Duration) {
 	v.unsubscribe()
-	close(v.stop)
-	<-v.done
-	v.cache.Close()
+	v.SetHealthy(false)
+	time.AfterFunc(delay, v.Close)
 }
 
 func cacheKey(h *apikey.Hash) uint64 { return binary.LittleEndian.Uint64(h[:8]) }
@@ -391,7 +404,13 @@ func (v *Verifier) SetHealthy(ok bool) {
 	v.fillMu.Lock()
 	defer v.fillMu.Unlock()
 	if ok {
-		v.healthy.Store(true)
+		if !v.healthy.Swap(true) {
+			// Lookups that started while the channel was down must not fill the cache (nor be
+			// joined): a change they missed need not be among what the store delivered on
+			// the way back (a Redis store's listener takes its first position at the stream's
+			// tail, after writes that such a lookup may have read around).
+			v.gen.Add(1)
+		}
 		return
 	}
 	if v.healthy.Swap(false) {
