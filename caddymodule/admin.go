@@ -114,6 +114,10 @@ func (h *Admin) Provision(ctx caddy.Context) error {
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler; it never calls next.
 func (h *Admin) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	if !admin.Handles(r.URL.Path) {
+		page.ServeHTTP(w, r)
+		return nil
+	}
 	if h.disabled != "" && r.URL.Path != "/healthz" {
 		writeAdminError(w, http.StatusServiceUnavailable, "admin_disabled", h.disabled)
 		return nil
@@ -123,13 +127,12 @@ func (h *Admin) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Ha
 		writeAdminError(w, http.StatusServiceUnavailable, "store_unavailable", "The key store is not open yet.")
 		return nil
 	}
-	if !admin.Handles(r.URL.Path) {
-		writeAdminError(w, http.StatusNotFound, "not_found", "Not found. The admin API is under /v1.")
-		return nil
-	}
 	api.ServeHTTP(w, r)
 	return nil
 }
+
+// page is the "API keys" web page, served at / by every nora_admin.
+var page = admin.Page()
 
 // getAPI builds the API on first use: the store is opened when the nora app starts, after
 // handlers are provisioned.
