@@ -60,11 +60,29 @@ func NewAPI(s store.Store, tokens []Token, hasher apikey.Hasher, logger *zap.Log
 	m.HandleFunc("DELETE /v1/instances/{instance}/keys/{id}", a.auth(a.revokeKey, PermDelete))
 	m.HandleFunc("POST /v1/instances/{instance}/keys/{id}/roll", a.auth(a.rollKey, PermCreate, PermDelete))
 	m.HandleFunc("GET /v1/instances/{instance}/events", a.auth(a.listEvents, PermRead))
-	m.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, "invalid_request_error", "not_found", "No such API call: "+r.Method+" "+r.URL.Path)
-	})
+	m.HandleFunc("/v1/", a.noRoute)
 	a.mux = m
 	return a, nil
+}
+
+// noRoute answers a path no call has (404 not_found) or a method the path does not take
+// (405 method_not_allowed, with Allow).
+func (a *API) noRoute(w http.ResponseWriter, r *http.Request) {
+	var allowed []string
+	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodDelete} {
+		probe := r.Clone(r.Context())
+		probe.Method = m
+		if _, pattern := a.mux.Handler(probe); pattern != "/v1/" {
+			allowed = append(allowed, m)
+		}
+	}
+	if len(allowed) > 0 {
+		w.Header().Set("Allow", strings.Join(allowed, ", "))
+		writeError(w, http.StatusMethodNotAllowed, "invalid_request_error", "method_not_allowed",
+			r.Method+" is not allowed here; use "+strings.Join(allowed, " or ")+".")
+		return
+	}
+	writeError(w, http.StatusNotFound, "invalid_request_error", "not_found", "No such API call.")
 }
 
 // ServeHTTP implements http.Handler.
@@ -102,6 +120,9 @@ var (
 		"The key store cannot be reached right now. Retry shortly."}
 )
 
+// errEmptyBody is decode's answer to a body with no JSON value at all.
+var errEmptyBody = errInvalid("The request body must be a JSON object.")
+
 func errForbidden(msg string) *apiError {
 	return &apiError{http.StatusForbidden, "permission_error", "forbidden", msg}
 }
@@ -138,6 +159,8 @@ func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) {
 		ae = errKeyNotFound
 	case errors.Is(err, store.ErrInstanceExists):
 		ae = errInstanceExists
+	case errors.Is(err, store.ErrRevokedDuringRoll):
+		ae = errInvalid("The key was revoked while it was being rolled; the new key was revoked too.")
 	case errors.Is(err, store.ErrInvalidCursor):
 		ae = errInvalid("starting_after names no item of this list.")
 	default:
@@ -265,7 +288,7 @@ func decode(w http.ResponseWriter, r *http.Request, v any) error {
 			return errTooLarge
 		}
 		if errors.Is(err, io.EOF) {
-			return errInvalid("The request body must be a JSON object.")
+			return errEmptyBody
 		}
 		return errInvalid("Invalid JSON body: %s.", jsonProblem(err))
 	}
@@ -277,6 +300,26 @@ func decode(w http.ResponseWriter, r *http.Request, v any) error {
 		return errInvalid("The request body must hold one JSON object and nothing after it.")
 	}
 	return nil
+}
+
+// decodeOptional is decode for a body that may be absent or empty (all defaults).
+func decodeOptional(w http.ResponseWriter, r *http.Request, v any) error {
+	if r.ContentLength == 0 || r.Body == nil || r.Body == http.NoBody {
+		return nil
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBody))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return errTooLarge
+		}
+		return errInvalid("Could not read the request body.")
+	}
+	if len(strings.TrimSpace(string(body))) == 0 {
+		return nil
+	}
+	r.Body = io.NopCloser(strings.NewReader(string(body)))
+	return decode(w, r, v)
 }
 
 // jsonProblem describes a decoding error without echoing the body.
@@ -292,7 +335,15 @@ func jsonProblem(err error) string {
 		}
 		return "the body must be a JSON object"
 	case strings.HasPrefix(err.Error(), "json: unknown field "):
-		return "unknown field " + strings.TrimPrefix(err.Error(), "json: unknown field ")
+		// The field name comes from the body: name it, but never echo more than a little.
+		field := strings.TrimPrefix(err.Error(), "json: unknown field ")
+		if f, err := strconv.Unquote(field); err == nil {
+			field = f
+		}
+		if r := []rune(field); len(r) > 40 {
+			field = string(r[:40]) + "…"
+		}
+		return fmt.Sprintf("unknown field %q", field)
 	}
 	return "malformed JSON"
 }
@@ -600,8 +651,9 @@ func (a *API) rollKey(w http.ResponseWriter, r *http.Request, t *Token) error {
 		Name      *string `json:"name"`
 		ExpiresAt *string `json:"expires_at"`
 	}
+	// The body is optional: none at all (even sent chunked, without Content-Length) is {}.
 	if r.ContentLength != 0 {
-		if err := decode(w, r, &body); err != nil {
+		if err := decode(w, r, &body); err != nil && err != errEmptyBody {
 			return err
 		}
 	}

@@ -20,6 +20,9 @@ var (
 	ErrKeyNotFound      = errors.New("api key not found")
 	// ErrInvalidCursor means ListOptions.StartingAfter names no key of the instance.
 	ErrInvalidCursor = errors.New("starting_after names no key of this instance")
+	// ErrRevokedDuringRoll: the key was revoked while it was being rolled; the replacement
+	// was revoked too.
+	ErrRevokedDuringRoll = errors.New("the key was revoked while it was being rolled")
 	// ErrNoExpiry: ExpireKey needs a time (a key's expiry only ever moves earlier).
 	ErrNoExpiry = errors.New("an expiry time is required")
 )
@@ -195,7 +198,18 @@ func Roll(ctx context.Context, s Store, instance, id string, next Key, oldExpire
 	if err := s.CreateKey(ctx, next); err != nil {
 		return Key{}, err
 	}
-	return s.ExpireKey(ctx, instance, id, oldExpiresAt)
+	old, err = s.ExpireKey(ctx, instance, id, oldExpiresAt)
+	if err != nil {
+		return Key{}, err
+	}
+	if !old.RevokedAt.IsZero() {
+		// Revoked while we rolled it: the replacement must not outlive it.
+		if _, err := s.RevokeKey(ctx, instance, next.ID, old.RevokedAt); err != nil {
+			return Key{}, err
+		}
+		return Key{}, ErrRevokedDuringRoll
+	}
+	return old, nil
 }
 
 // Millis is how stores keep times: Unix milliseconds, 0 for the zero time. Every time a store

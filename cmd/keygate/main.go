@@ -1,8 +1,9 @@
 // Command keygate is Caddy with its standard modules and keygate's modules (the `nora` app,
-// `nora_auth` and, later, `nora_admin`).
+// `nora_auth`, `nora_admin`), plus the `keys` command group that talks to the admin API.
 package main
 
 import (
+	"github.com/caddyserver/caddy/v2"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
@@ -11,5 +12,6 @@ import (
 )
 
 func main() {
+	caddy.CustomBinaryName = "keygate"
 	caddycmd.Main()
 }
