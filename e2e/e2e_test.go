@@ -56,7 +56,7 @@ type gateway struct {
 func freePort(t *testing.T) int { return redistest.FreePort(t) }
 
 // startGateway runs `keygate run --config <file>` on a Caddyfile and waits for addr to answer.
-func startGateway(t *testing.T, caddyfile string, port int) *gateway {
+func startGateway(t *testing.T, caddyfile string, port int, env ...string) *gateway {
 	t.Helper()
 	dir := t.TempDir()
 	cf := filepath.Join(dir, "Caddyfile")
@@ -70,6 +70,7 @@ func startGateway(t *testing.T, caddyfile string, port int) *gateway {
 	}
 	g.cmd = exec.Command(binary, "run", "--config", cf)
 	g.cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+filepath.Join(dir, "data"), "XDG_CONFIG_HOME="+filepath.Join(dir, "config"), "HOME="+dir)
+	g.cmd.Env = append(g.cmd.Env, env...)
 	g.cmd.Stdout, g.cmd.Stderr = logf, logf
 	if err := g.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -147,9 +148,8 @@ func get(t *testing.T, url, key string) answer {
 	return a
 }
 
-// The README's first command runs the top-level Caddyfile: with nothing else set up, a
-// request without a key gets 401 missing_api_key from the gateway.
-func TestQuickStartCaddyfile(t *testing.T) {
+// quickStart returns the top-level Caddyfile on free ports, and the gateway and admin ports.
+func quickStart(t *testing.T) (caddyfile string, gw, adm int) {
 	src, err := os.ReadFile("../Caddyfile")
 	if err != nil {
 		t.Fatal(err)
@@ -164,10 +164,80 @@ func TestQuickStartCaddyfile(t *testing.T) {
 	}
 	// Its own admin address, so that a keygate already running on this machine is no bother.
 	cf = strings.Replace(cf, "{\n", fmt.Sprintf("{\n\tadmin localhost:%d\n", admin), 1)
-	g := startGateway(t, cf, gw)
+	return cf, gw, adm
+}
+
+// The README's first command runs the top-level Caddyfile: with nothing else set up (no admin
+// token either), a request without a key gets 401 missing_api_key from the gateway, and the
+// admin endpoint says what to set.
+func TestQuickStartCaddyfile(t *testing.T) {
+	cf, gw, adm := quickStart(t)
+	g := startGateway(t, cf, gw, "NORA_ADMIN_TOKEN=")
 	a := get(t, g.url+"/v1/anything", "")
 	if a.status != 401 || a.Error.Code != "missing_api_key" {
 		t.Fatalf("got %d %s", a.status, a.body)
+	}
+	a = get(t, fmt.Sprintf("http://127.0.0.1:%d/v1/me", adm), "whatever")
+	if a.status != 503 || a.Error.Code != "admin_disabled" || !strings.Contains(a.body, "NORA_ADMIN_TOKEN") {
+		t.Fatalf("admin endpoint without a token: %d %s", a.status, a.body)
+	}
+}
+
+// The README's walkthrough, with the built binary: set the admin token, create a key with the
+// CLI, call the demo upstream through the gateway with it, revoke it, be refused.
+func TestQuickStartWalkthrough(t *testing.T) {
+	cf, gw, adm := quickStart(t)
+	token := "walkthrough-admin-token-0123456789"
+	g := startGateway(t, cf, gw, "NORA_ADMIN_TOKEN="+token)
+	keys := func(args ...string) (string, string, error) {
+		cmd := exec.Command(binary, append([]string{"keys", "--admin", fmt.Sprintf("http://127.0.0.1:%d", adm)}, args...)...)
+		cmd.Env = append(os.Environ(), "NORA_ADMIN_TOKEN="+token)
+		var out, errb strings.Builder
+		cmd.Stdout, cmd.Stderr = &out, &errb
+		err := cmd.Run()
+		return out.String(), errb.String(), err
+	}
+	var secret string
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		out, errOut, err := keys("create", "--instance", "demo-sandbox", "--name", "My laptop")
+		if err == nil {
+			secret = strings.TrimSpace(out)
+			break
+		}
+		if time.Now().After(deadline) { // the instances are created just after start
+			t.Fatalf("keys create: %v: %s", err, errOut)
+		}
+	}
+	if _, err := apikey.Parse(secret); err != nil {
+		t.Fatalf("keys create printed %q, not a key", secret)
+	}
+	a := get(t, g.url+"/v1/charges", secret)
+	if a.status != 200 || !strings.Contains(a.body, `"instance":"demo-sandbox"`) || !strings.Contains(a.body, "Nora API stand-in") {
+		t.Fatalf("through the gateway: %d %s", a.status, a.body)
+	}
+	out, errOut, err := keys("list", "--instance", "demo-sandbox", "--json")
+	if err != nil {
+		t.Fatalf("keys list: %v: %s", err, errOut)
+	}
+	var list struct {
+		Data []struct{ ID, Prefix string } `json:"data"`
+	}
+	if err := json.Unmarshal([]byte(out), &list); err != nil || len(list.Data) != 1 || list.Data[0].Prefix != secret[:14] {
+		t.Fatalf("keys list --json: %v %s", err, out)
+	}
+	if strings.Contains(out, secret) {
+		t.Fatal("keys list shows the secret")
+	}
+	if _, errOut, err := keys("revoke", "--instance", "demo-sandbox", list.Data[0].ID); err != nil {
+		t.Fatalf("keys revoke: %v: %s", err, errOut)
+	}
+	a = get(t, g.url+"/v1/charges", secret)
+	if a.status != 401 || a.Error.Code != "api_key_revoked" {
+		t.Fatalf("after revoke: %d %s", a.status, a.body)
+	}
+	_, errOut, err = keys("revoke", "--instance", "nope", list.Data[0].ID)
+	if err == nil || strings.Count(strings.TrimSpace(errOut), "\n") != 0 || !strings.Contains(errOut, "instance_not_found") {
+		t.Fatalf("a refused revoke: %v, stderr %q", err, errOut)
 	}
 }
 
