@@ -181,12 +181,13 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.verKey = "verifier:" + a.storeKey + string(ck)
 	a.hasher = apikey.NewHasher([]byte(pepper))
 	cfg := verify.Config{
-		Size:        a.Cache.Size,
-		TTL:         time.Duration(a.Cache.TTL),
-		NegativeTTL: time.Duration(a.Cache.NegativeTTL),
-		MaxStale:    time.Duration(a.Cache.MaxStale),
-		Hasher:      a.hasher,
-		Logger:      a.logger,
+		Size:          a.Cache.Size,
+		TTL:           time.Duration(a.Cache.TTL),
+		NegativeTTL:   time.Duration(a.Cache.NegativeTTL),
+		MaxStale:      time.Duration(a.Cache.MaxStale),
+		Hasher:        a.hasher,
+		Logger:        a.logger,
+		ObserveLookup: func(d time.Duration) { storeLatency.Observe(d.Seconds()) },
 	}
 	v, _, err = pool.LoadOrNew(a.verKey, func() (caddy.Destructor, error) {
 		return &verifierResource{cfg: cfg}, nil
@@ -363,6 +364,7 @@ func openStore(c StoreConfig, logger *zap.Logger) (store.Store, error) {
 	return redisstore.New(rdb, redisstore.Options{
 		KeyPrefix:    c.KeyPrefix,
 		WaitReplicas: c.WaitReplicas,
+		ObserveLag:   func(d time.Duration) { invalidationLag.Observe(d.Seconds()) },
 		OnError: func(err error) {
 			// At most one warning a second while Redis is down.
 			if time.Since(last) > time.Second {

@@ -23,6 +23,17 @@ var (
 		return out
 	}()
 
+	storeLatency = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: "keygate", Name: "store_lookup_seconds",
+		Help:    "Time of one key lookup at the store (cache misses).",
+		Buckets: []float64{.0001, .00025, .0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 2},
+	})
+	invalidationLag = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: "keygate", Name: "invalidation_lag_seconds",
+		Help:    "From a revocation's publication in Redis to its delivery to this gateway (Redis server clock).",
+		Buckets: []float64{.0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 5},
+	})
+
 	// currentVerifier is the verifier of the latest started config, read by the cache metrics.
 	currentVerifier atomic.Pointer[verify.Verifier]
 
@@ -52,7 +63,7 @@ func registerMetrics(reg prometheus.Registerer) error {
 	if reg == nil {
 		return nil
 	}
-	for _, c := range append([]prometheus.Collector{verificationsVec}, statCollectors...) {
+	for _, c := range append([]prometheus.Collector{verificationsVec, storeLatency, invalidationLag}, statCollectors...) {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {

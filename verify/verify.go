@@ -97,6 +97,8 @@ type Config struct {
 	// Now is the clock (default time.Now).
 	Now    func() time.Time
 	Logger *zap.Logger
+	// ObserveLookup, when set, hears how long each store lookup took (for metrics).
+	ObserveLookup func(time.Duration)
 }
 
 func (c *Config) defaults() {
@@ -291,7 +293,12 @@ func (v *Verifier) lookup(h apikey.Hash, gen uint64) (store.Lookup, error) {
 		v.Stats.StoreLookups.Add(1)
 		ctx, cancel := context.WithTimeout(context.Background(), v.cfg.LookupTimeout)
 		defer cancel()
-		return v.store.LookupHash(ctx, h)
+		start := time.Now()
+		l, err := v.store.LookupHash(ctx, h)
+		if v.cfg.ObserveLookup != nil {
+			v.cfg.ObserveLookup(time.Since(start))
+		}
+		return l, err
 	})
 	if err != nil {
 		return store.Lookup{}, err

@@ -75,6 +75,12 @@ func (s *Store) listen(ctx context.Context) {
 				}
 				cursor = m.ID
 			}
+			if s.opts.ObserveLag != nil && len(st.Messages) > 0 {
+				// A stream id starts with the Redis server's clock in milliseconds.
+				if ms, _ := splitID(st.Messages[len(st.Messages)-1].ID); ms > 0 {
+					s.opts.ObserveLag(time.Since(time.UnixMilli(int64(ms))))
+				}
+			}
 			if flush {
 				s.Each(func(w store.Watcher) { w.Flush() })
 			} else if len(hashes) > 0 {

@@ -50,6 +50,9 @@ type Options struct {
 	FailPoint func(step string) error
 	// OnError, when set, hears about errors of the invalidation listener (for logging).
 	OnError func(error)
+	// ObserveLag, when set, hears for each invalidation received from the stream how long
+	// after its publication it was delivered (by the stream entry's time; for metrics).
+	ObserveLag func(time.Duration)
 }
 
 // Store is a store.Store on Redis.

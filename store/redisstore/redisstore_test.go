@@ -329,3 +329,27 @@ func TestCompareIDs(t *testing.T) {
 		t.Errorf("sorted = %v, want %v", ids, want)
 	}
 }
+
+// The listener reports how long after its publication each invalidation arrived.
+func TestObserveLag(t *testing.T) {
+	srv := redistest.Start(t)
+	lags := make(chan time.Duration, 16)
+	a := newGateway(t, srv, "")
+	b := open(t, srv, Options{ObserveLag: func(d time.Duration) { lags <- d }})
+	if !storetest.WaitFor(5*time.Second, b.Healthy) {
+		t.Fatal("listener never became healthy")
+	}
+	keys := makeKeys(t, a.s, 1)
+	if _, err := a.s.RevokeKey(context.Background(), "acme", keys[0].ID, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case d := <-lags:
+		if d < -time.Second || d > time.Second { // the Redis server's clock is this machine's
+			t.Fatalf("lag %v", d)
+		}
+		t.Logf("lag %v", d)
+	case <-time.After(2 * time.Second):
+		t.Fatal("no lag observed")
+	}
+}
