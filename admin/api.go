@@ -3,12 +3,14 @@
 package admin
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
@@ -276,38 +278,11 @@ func (a *API) listInstances(w http.ResponseWriter, r *http.Request, t *Token) er
 	return nil
 }
 
-// decode reads a JSON object body into v: at most MaxBody bytes, no unknown field, nothing
-// after the object.
+// decode reads a JSON object body into v: at most MaxBody bytes, only the fields v names
+// (spelled exactly: encoding/json alone would also take "NAME" for "name"), nothing after the
+// object.
 func decode(w http.ResponseWriter, r *http.Request, v any) error {
-	body := http.MaxBytesReader(w, r.Body, MaxBody)
-	dec := json.NewDecoder(body)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			return errTooLarge
-		}
-		if errors.Is(err, io.EOF) {
-			return errEmptyBody
-		}
-		return errInvalid("Invalid JSON body: %s.", jsonProblem(err))
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			return errTooLarge
-		}
-		return errInvalid("The request body must hold one JSON object and nothing after it.")
-	}
-	return nil
-}
-
-// decodeOptional is decode for a body that may be absent or empty (all defaults).
-func decodeOptional(w http.ResponseWriter, r *http.Request, v any) error {
-	if r.ContentLength == 0 || r.Body == nil || r.Body == http.NoBody {
-		return nil
-	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBody))
+	raw, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBody))
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
@@ -315,11 +290,40 @@ func decodeOptional(w http.ResponseWriter, r *http.Request, v any) error {
 		}
 		return errInvalid("Could not read the request body.")
 	}
-	if len(strings.TrimSpace(string(body))) == 0 {
-		return nil
+	if len(bytes.TrimSpace(raw)) == 0 {
+		return errEmptyBody
 	}
-	r.Body = io.NopCloser(strings.NewReader(string(body)))
-	return decode(w, r, v)
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &fields); err != nil {
+		return errInvalid("Invalid JSON body: %s.", jsonProblem(err))
+	}
+	known := jsonFieldNames(v)
+	for name := range fields {
+		if !known[name] {
+			return errInvalid("Invalid JSON body: %s.", jsonProblem(fmt.Errorf("json: unknown field %q", name)))
+		}
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return errInvalid("Invalid JSON body: %s.", jsonProblem(err))
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return errInvalid("The request body must hold one JSON object and nothing after it.")
+	}
+	return nil
+}
+
+// jsonFieldNames returns the JSON names of the fields of the struct v points to.
+func jsonFieldNames(v any) map[string]bool {
+	t := reflect.TypeOf(v).Elem()
+	names := make(map[string]bool, t.NumField())
+	for i := 0; i < t.NumField(); i++ {
+		if name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ","); name != "" && name != "-" {
+			names[name] = true
+		}
+	}
+	return names
 }
 
 // jsonProblem describes a decoding error without echoing the body.

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -34,10 +35,10 @@ type Admin struct {
 	lazy *lazyAPI
 }
 
-// lazyAPI is the admin API, built on first use.
+// lazyAPI is the admin API, built on the first request that finds the store open.
 type lazyAPI struct {
-	once sync.Once
-	api  *admin.API
+	mu  sync.Mutex
+	api atomic.Pointer[admin.API]
 }
 
 // TokenConfig is one admin token.
@@ -135,25 +136,32 @@ func (h *Admin) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Ha
 var page = admin.Page()
 
 // getAPI builds the API on first use: the store is opened when the nora app starts, after
-// handlers are provisioned.
+// handlers are provisioned, and Caddy may start the http app first. Until the store is
+// open it returns nil, and a later request tries again.
 func (h *Admin) getAPI() *admin.API {
-	h.lazy.once.Do(func() {
-		s := h.app.KeyStore()
-		if s == nil {
-			return
-		}
-		tokens := h.tokens
-		if len(tokens) == 0 { // disabled: /healthz only
-			tokens = []admin.Token{{Name: "none"}}
-		}
-		api, err := admin.NewAPI(s, tokens, h.app.hasher, h.logger)
-		if err != nil {
-			h.logger.Error("starting the admin API", zap.Error(err))
-			return
-		}
-		h.lazy.api = api
-	})
-	return h.lazy.api
+	if api := h.lazy.api.Load(); api != nil {
+		return api
+	}
+	h.lazy.mu.Lock()
+	defer h.lazy.mu.Unlock()
+	if api := h.lazy.api.Load(); api != nil {
+		return api
+	}
+	s := h.app.KeyStore()
+	if s == nil {
+		return nil
+	}
+	tokens := h.tokens
+	if len(tokens) == 0 { // disabled: /healthz only
+		tokens = []admin.Token{{Name: "none"}}
+	}
+	api, err := admin.NewAPI(s, tokens, h.app.hasher, h.logger)
+	if err != nil {
+		h.logger.Error("starting the admin API", zap.Error(err))
+		return nil
+	}
+	h.lazy.api.Store(api)
+	return api
 }
 
 func writeAdminError(w http.ResponseWriter, status int, code, msg string) {
