@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 
 	"github.com/redis/go-redis/v9"
@@ -54,18 +53,9 @@ func (s *Store) ListEvents(ctx context.Context, instance string, opt store.ListO
 	if opt.Limit < 1 {
 		return nil, false, errors.New("limit must be at least 1")
 	}
-	if _, err := s.Instance(ctx, instance); err != nil {
+	max, err := s.pageStart(ctx, instance, s.kEvents(instance), opt.StartingAfter)
+	if err != nil {
 		return nil, false, err
-	}
-	max := "+inf"
-	if opt.StartingAfter != "" {
-		score, err := s.rdb.ZScore(ctx, s.kEvents(instance), opt.StartingAfter).Result()
-		if errors.Is(err, redis.Nil) {
-			return nil, false, store.ErrInvalidCursor
-		} else if err != nil {
-			return nil, false, err
-		}
-		max = "(" + strconv.FormatInt(int64(score), 10)
 	}
 	ids, err := s.rdb.ZRevRangeByScore(ctx, s.kEvents(instance),
 		&redis.ZRangeBy{Max: max, Min: "-inf", Count: int64(opt.Limit + 1)}).Result()

@@ -306,23 +306,33 @@ func (s *Store) LookupHash(ctx context.Context, h apikey.Hash) (store.Lookup, er
 		ExpiresAt: store.FromMillis(num(3)), RevokedAt: store.FromMillis(num(4))}, nil
 }
 
+// pageStart checks that the instance exists and returns the score bound a newest-first page
+// of the sorted set starts from: all, or below the member startingAfter
+// (store.ErrInvalidCursor when it is not there).
+func (s *Store) pageStart(ctx context.Context, instance, zset, startingAfter string) (string, error) {
+	if _, err := s.Instance(ctx, instance); err != nil {
+		return "", err
+	}
+	if startingAfter == "" {
+		return "+inf", nil
+	}
+	score, err := s.rdb.ZScore(ctx, zset, startingAfter).Result()
+	if errors.Is(err, redis.Nil) {
+		return "", store.ErrInvalidCursor
+	} else if err != nil {
+		return "", err
+	}
+	return "(" + strconv.FormatInt(int64(score), 10), nil
+}
+
 // ListKeys implements store.Store.
 func (s *Store) ListKeys(ctx context.Context, instance string, opt store.ListOptions) ([]store.Key, bool, error) {
 	if opt.Limit < 1 {
 		return nil, false, errors.New("limit must be at least 1")
 	}
-	if _, err := s.Instance(ctx, instance); err != nil {
+	max, err := s.pageStart(ctx, instance, s.kOrder(instance), opt.StartingAfter)
+	if err != nil {
 		return nil, false, err
-	}
-	max := "+inf"
-	if opt.StartingAfter != "" {
-		score, err := s.rdb.ZScore(ctx, s.kOrder(instance), opt.StartingAfter).Result()
-		if errors.Is(err, redis.Nil) {
-			return nil, false, store.ErrInvalidCursor
-		} else if err != nil {
-			return nil, false, err
-		}
-		max = "(" + strconv.FormatInt(int64(score), 10)
 	}
 	batch := int64(opt.Limit + 1)
 	if opt.Status != "" && batch < 200 {
