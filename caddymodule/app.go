@@ -180,11 +180,14 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 	a.verKey = "verifier:" + a.storeKey + string(ck)
 	a.hasher = apikey.NewHasher([]byte(pepper))
+	// A lookup gets the store's timeout, retries included: an uncached key is answered (503
+	// if need be) within it, and a longer configured timeout is not cut short.
 	cfg := verify.Config{
 		Size:          a.Cache.Size,
 		TTL:           time.Duration(a.Cache.TTL),
 		NegativeTTL:   time.Duration(a.Cache.NegativeTTL),
 		MaxStale:      time.Duration(a.Cache.MaxStale),
+		LookupTimeout: time.Duration(sc.Timeout),
 		Hasher:        a.hasher,
 		Logger:        a.logger,
 		ObserveLookup: func(d time.Duration) { storeLatency.Observe(d.Seconds()) },
@@ -379,6 +382,9 @@ func openStore(c StoreConfig, logger *zap.Logger) (store.Store, error) {
 // one is cheap but must be closed, so Validate only checks).
 func redisClientFunc(c StoreConfig) (func() redis.UniversalClient, error) {
 	timeout := time.Duration(c.Timeout)
+	if err := redisstore.CheckKeyPrefix(c.KeyPrefix); err != nil {
+		return nil, err
+	}
 	if c.URL != "" {
 		if len(c.Addrs) > 0 || c.MasterName != "" || c.Cluster {
 			return nil, errors.New("give either a URL or addrs, not both")
@@ -390,6 +396,9 @@ func redisClientFunc(c StoreConfig) (func() redis.UniversalClient, error) {
 		opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout = timeout, timeout, timeout
 		// Fail fast: a gateway answers 503 rather than hang while Redis is down.
 		opt.MaxRetries, opt.DialerRetries = 1, 1
+		// Context deadlines reach the socket: the invalidation listener bounds its blocking
+		// reads this way (go-redis alone would wait block + 10 s on a frozen Redis).
+		opt.ContextTimeoutEnabled = true
 		return func() redis.UniversalClient { return redis.NewClient(opt) }, nil
 	}
 	if len(c.Addrs) == 0 {
@@ -411,7 +420,7 @@ func redisClientFunc(c StoreConfig) (func() redis.UniversalClient, error) {
 		Addrs: c.Addrs, MasterName: c.MasterName, Username: c.Username, Password: c.Password,
 		SentinelPassword: c.SentinelPassword, DB: db, TLSConfig: tlsCfg,
 		DialTimeout: timeout, ReadTimeout: timeout, WriteTimeout: timeout,
-		MaxRetries: 1, DialerRetries: 1,
+		MaxRetries: 1, DialerRetries: 1, ContextTimeoutEnabled: true,
 	}
 	if c.Cluster || (c.MasterName == "" && len(c.Addrs) > 1) {
 		if db != 0 {

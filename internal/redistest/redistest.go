@@ -26,6 +26,7 @@ type Server struct {
 	Addr string
 	Port int
 	Dir  string
+	pre  []string // arguments before the others (a sentinel's config file and --sentinel)
 	args []string
 	cmd  *exec.Cmd
 	t    testing.TB
@@ -60,8 +61,14 @@ func FreePort(t testing.TB) int {
 // stops it at the end of the test.
 func Start(t testing.TB, extra ...string) *Server {
 	t.Helper()
+	return startServer(t, t.TempDir(), nil, extra)
+}
+
+// startServer starts a redis-server in dir with the arguments pre, the usual ones, then extra.
+func startServer(t testing.TB, dir string, pre, extra []string) *Server {
+	t.Helper()
 	bin := Require(t)
-	s := &Server{Dir: t.TempDir(), t: t}
+	s := &Server{Dir: dir, t: t, pre: pre}
 	s.args = extra
 	for attempt := 0; ; attempt++ {
 		s.Port = FreePort(t)
@@ -82,6 +89,7 @@ func (s *Server) start(bin string) error {
 	args := []string{"--port", strconv.Itoa(s.Port), "--bind", "127.0.0.1", "--dir", s.Dir,
 		"--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", filepath.Join(s.Dir, "redis.log")}
 	args = append(args, s.args...)
+	args = append(append([]string(nil), s.pre...), args...)
 	s.cmd = exec.Command(bin, args...)
 	if err := s.cmd.Start(); err != nil {
 		return err
@@ -102,7 +110,8 @@ func (s *Server) start(bin string) error {
 			fmt.Fprintf(c, "PING\r\n")
 			line, _ := bufio.NewReader(c).ReadString('\n')
 			c.Close()
-			if line == "+PONG\r\n" {
+			// A server with requirepass answers NOAUTH: it is up all the same.
+			if line == "+PONG\r\n" || strings.HasPrefix(line, "-NOAUTH") {
 				go func(cmd *exec.Cmd) { <-exited }(s.cmd)
 				return nil
 			}

@@ -29,6 +29,7 @@ func (s *Store) listen(ctx context.Context) {
 		// stream's end. Until then reads do not block, so the listener turns healthy as
 		// soon as it has delivered what it missed.
 		caughtUp bool
+		rt       = s.readTimeout()
 	)
 	for ctx.Err() == nil {
 		if cursor == "" {
@@ -45,9 +46,11 @@ func (s *Store) listen(ctx context.Context) {
 		if !caughtUp {
 			wait = -1 // no BLOCK
 		}
-		res, err := s.rdb.XRead(withoutRetry(ctx), &redis.XReadArgs{
+		rctx, cancel := readContext(ctx, wait, rt)
+		res, err := s.rdb.XRead(rctx, &redis.XReadArgs{
 			Streams: []string{s.kStream(), cursor}, Count: 1000, Block: wait,
 		}).Result()
+		cancel()
 		if errors.Is(err, redis.Nil) {
 			caughtUp = true
 			s.setHealthy(true)
@@ -102,6 +105,31 @@ func countMessages(res []redis.XStream) int {
 		n += len(st.Messages)
 	}
 	return n
+}
+
+// readContext is the context of one XREAD: without retries, and, for a blocking read, with a
+// deadline of the block time plus the client's read timeout rt. go-redis itself gives a
+// blocking read its block time plus 10 s, so a Redis that stops answering (frozen, or cut off
+// without a reset) would go unnoticed that long, the channel reported healthy and the cache
+// trusted well past max_stale. The deadline reaches the socket on clients with
+// ContextTimeoutEnabled.
+func readContext(ctx context.Context, block, rt time.Duration) (context.Context, context.CancelFunc) {
+	ctx = withoutRetry(ctx)
+	if block < 0 || rt <= 0 {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, block+rt)
+}
+
+// readTimeout is the client's read timeout (0 when unknown or disabled).
+func (s *Store) readTimeout() time.Duration {
+	switch c := s.rdb.(type) {
+	case *redis.Client:
+		return c.Options().ReadTimeout
+	case *redis.ClusterClient:
+		return c.Options().ReadTimeout
+	}
+	return 0
 }
 
 // go-redis retries a command that lost its connection on a new one, silently. For the
@@ -191,6 +219,11 @@ func (s *Store) resume(ctx context.Context, cursor string) string {
 	gap := compareIDs(info.LastGeneratedID, cursor) < 0 // stream recreated: ids went back
 	if info.Length > 0 && compareIDs(info.FirstEntry.ID, cursor) > 0 && cursor != "0-0" {
 		gap = true // entries after the cursor may have been trimmed away
+	}
+	if info.Length == 0 && compareIDs(info.LastGeneratedID, cursor) > 0 {
+		// Entries came after the cursor and are all gone: XTRIM does not move
+		// max-deleted-entry-id, so an emptied stream shows only this way.
+		gap = true
 	}
 	if info.MaxDeletedEntryID != "" && compareIDs(info.MaxDeletedEntryID, cursor) > 0 {
 		gap = true

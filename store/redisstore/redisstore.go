@@ -17,6 +17,7 @@
 package redisstore
 
 import (
+	"cmp"
 	"context"
 	"encoding/hex"
 	"errors"
@@ -40,9 +41,16 @@ type Options struct {
 	KeyPrefix string
 	// StreamMaxLen bounds the invalidation stream (approximately). Default 100000.
 	StreamMaxLen int64
-	// WaitReplicas, when above 0, makes each write wait for that many replica
-	// acknowledgements (WAIT) before it returns.
+	// WaitReplicas, when above 0, makes CreateInstance, CreateKey, RevokeKey and ExpireKey
+	// (and so a roll) wait, after each of their writes, until that many replicas of the
+	// master that took the write have acknowledged it (WAIT, on the connection that made the
+	// write, to the master that holds the key: on Cluster each write is confirmed by its own
+	// shard's replicas). If fewer acknowledge within WaitTimeout the call fails with
+	// ErrNotReplicated: a create is undone, a revoke or expiry is completed (it is in force on
+	// the master) but reported. TouchKey and AddEvent do not wait.
 	WaitReplicas int
+	// WaitTimeout bounds each WAIT (default 5 s).
+	WaitTimeout time.Duration
 	// MaxEvents is how many audit events are kept per instance (default store.MaxEvents).
 	MaxEvents int
 	// FailPoint, when set, is called at named points between the steps of a write; an error
@@ -81,11 +89,26 @@ func New(rdb redis.UniversalClient, opts Options) *Store {
 	if opts.MaxEvents <= 0 {
 		opts.MaxEvents = store.MaxEvents
 	}
+	if opts.WaitTimeout <= 0 {
+		opts.WaitTimeout = 5 * time.Second
+	}
 	rdb.AddHook(noRetryHook{}) // see listen.go
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Store{rdb: rdb, opts: opts, p: opts.KeyPrefix, cancel: cancel, done: make(chan struct{})}
 	go s.listen(ctx)
 	return s
+}
+
+// CheckKeyPrefix refuses a key prefix that would break the layout on Cluster: Redis hashes
+// only what lies between a key's first "{" and the next "}", so a prefix whose first "{" is
+// followed at once by "}" (an empty tag: the whole key is hashed) would spread an instance's
+// records over several slots, and its scripts would fail with CROSSSLOT. (A prefix with a
+// tag of its own, such as "{nora}:", is fine: everything then shares one slot.)
+func CheckKeyPrefix(prefix string) error {
+	if i := strings.IndexByte(prefix, '{'); i >= 0 && strings.HasPrefix(prefix[i:], "{}") {
+		return fmt.Errorf("key_prefix %q: an empty hash tag \"{}\" would spread an instance's records over Redis Cluster slots", prefix)
+	}
+	return nil
 }
 
 func (s *Store) fail(step string) error {
@@ -103,19 +126,53 @@ func (s *Store) kLookup(h apikey.Hash) string     { return s.p + "h:" + hex.Enco
 func (s *Store) kStream() string                  { return s.p + "inval" }
 func (s *Store) kLookupHex(hexHash string) string { return s.p + "h:" + hexHash }
 
-// wait applies Options.WaitReplicas after a write.
-func (s *Store) wait(ctx context.Context) error {
+// ErrNotReplicated is the error of a write that the master took but fewer than
+// Options.WaitReplicas replicas acknowledged within Options.WaitTimeout (or WAIT itself
+// failed).
+var ErrNotReplicated = errors.New("write not acknowledged by enough replicas")
+
+// write runs one write step, do, and applies Options.WaitReplicas to it. WAIT counts the
+// replicas that acknowledged the last write of the connection it is sent on, and only that
+// master's replicas: sent on another pooled connection it would confirm some older write (or
+// none), and on Cluster a keyless WAIT would go to some other shard (or to all, each on a
+// connection of its own). So with WaitReplicas set, do and WAIT run on one dedicated
+// connection to the master that holds key.
+func (s *Store) write(ctx context.Context, key string, do func(c redis.Cmdable) error) error {
 	if s.opts.WaitReplicas <= 0 {
-		return nil
+		return do(s.rdb)
 	}
-	n, err := s.rdb.Do(ctx, "WAIT", s.opts.WaitReplicas, 5000).Int64()
-	if err != nil {
-		return fmt.Errorf("waiting for replicas: %w", err)
+	for attempt := 0; ; attempt++ {
+		var node *redis.Client
+		switch c := s.rdb.(type) {
+		case *redis.Client: // standalone, and Sentinel (the failover client dials the master)
+			node = c
+		case *redis.ClusterClient:
+			var err error
+			if node, err = c.MasterForKey(ctx, key); err != nil {
+				return err
+			}
+		default:
+			return fmt.Errorf("wait_replicas is not supported with a %T", s.rdb)
+		}
+		conn := node.Conn()
+		err := do(conn)
+		if err == nil {
+			var n int64
+			n, err = conn.Wait(ctx, s.opts.WaitReplicas, s.opts.WaitTimeout).Result()
+			if err != nil { // the write was made; whether it is replicated is unknown
+				err = fmt.Errorf("%w: waiting for replicas: %v", ErrNotReplicated, err)
+			} else if n < int64(s.opts.WaitReplicas) {
+				err = fmt.Errorf("%w: %d of the %d required within %v", ErrNotReplicated, n, s.opts.WaitReplicas, s.opts.WaitTimeout)
+			}
+		}
+		conn.Close()
+		// The slot moved (resharding): the write was not made. Learn the new owner, once.
+		if cc, ok := s.rdb.(*redis.ClusterClient); ok && attempt == 0 && err != nil && strings.HasPrefix(err.Error(), "MOVED ") {
+			cc.ReloadState(ctx)
+			continue
+		}
+		return err
 	}
-	if n < int64(s.opts.WaitReplicas) {
-		return fmt.Errorf("write reached %d replicas of the %d required", n, s.opts.WaitReplicas)
-	}
-	return nil
 }
 
 var createInstanceScript = redis.NewScript(`
@@ -127,17 +184,19 @@ return 1
 // CreateInstance implements store.Store. The index entry is written first: an instance whose
 // record write failed is indexed but skipped, and creating it again succeeds.
 func (s *Store) CreateInstance(ctx context.Context, in store.Instance) error {
-	if err := s.rdb.SAdd(ctx, s.kInstances(), in.ID).Err(); err != nil {
-		return err
-	}
-	n, err := createInstanceScript.Run(ctx, s.rdb, []string{s.kInstance(in.ID)}, in.Name, in.Environment.String()).Int()
+	err := s.write(ctx, s.kInstances(), func(c redis.Cmdable) error {
+		return c.SAdd(ctx, s.kInstances(), in.ID).Err()
+	})
 	if err != nil {
 		return err
 	}
-	if n == 0 {
-		return store.ErrInstanceExists
-	}
-	return s.wait(ctx)
+	return s.write(ctx, s.kInstance(in.ID), func(c redis.Cmdable) error {
+		n, err := createInstanceScript.Run(ctx, c, []string{s.kInstance(in.ID)}, in.Name, in.Environment.String()).Int()
+		if err == nil && n == 0 {
+			return store.ErrInstanceExists // nothing written: no WAIT
+		}
+		return err
+	})
 }
 
 func decodeInstance(id string, m []any) (store.Instance, bool, error) {
@@ -210,26 +269,36 @@ return seq
 // then the lookup entry that makes the key work.
 func (s *Store) CreateKey(ctx context.Context, k store.Key) error {
 	hexHash := hex.EncodeToString(k.Hash[:])
-	err := createKeyScript.Run(ctx, s.rdb,
-		[]string{s.kInstance(k.Instance), s.kKey(k.Instance, k.ID), s.kOrder(k.Instance)},
-		k.ID, k.Environment.String(), k.Name, k.Prefix, hexHash,
-		store.Millis(k.CreatedAt), store.Millis(k.ExpiresAt)).Err()
+	listed := false // the script ran: there is a listed record to undo
+	err := s.write(ctx, s.kKey(k.Instance, k.ID), func(c redis.Cmdable) error {
+		err := createKeyScript.Run(ctx, c,
+			[]string{s.kInstance(k.Instance), s.kKey(k.Instance, k.ID), s.kOrder(k.Instance)},
+			k.ID, k.Environment.String(), k.Name, k.Prefix, hexHash,
+			store.Millis(k.CreatedAt), store.Millis(k.ExpiresAt)).Err()
+		listed = err == nil
+		return err
+	})
 	if err != nil {
-		if strings.HasPrefix(err.Error(), "NOINSTANCE") {
+		if !listed && strings.HasPrefix(err.Error(), "NOINSTANCE") {
 			return store.ErrInstanceNotFound
+		}
+		if listed { // written, but not replicated as required
+			s.undoCreate(k, hexHash)
 		}
 		return err
 	}
 	err = s.fail("create:listed")
 	if err == nil {
-		err = s.rdb.HSet(ctx, s.kLookupHex(hexHash), "id", k.ID, "instance", k.Instance,
-			"env", k.Environment.String(), "exp", store.Millis(k.ExpiresAt), "rev", 0).Err()
+		err = s.write(ctx, s.kLookupHex(hexHash), func(c redis.Cmdable) error {
+			return c.HSet(ctx, s.kLookupHex(hexHash), "id", k.ID, "instance", k.Instance,
+				"env", k.Environment.String(), "exp", store.Millis(k.ExpiresAt), "rev", 0).Err()
+		})
 	}
 	if err != nil {
 		s.undoCreate(k, hexHash)
 		return err
 	}
-	return s.wait(ctx)
+	return nil
 }
 
 // undoCreate removes what a failed create wrote, best effort: the lookup entry first (the
@@ -420,7 +489,22 @@ func (s *Store) refuse(ctx context.Context, instance, id, field string, at time.
 		at = k.RevokedAt // a repeated revoke keeps the first time
 	}
 	ms := store.Millis(at)
-	v, err := setEarliestScript.Run(ctx, s.rdb, []string{s.kLookup(k.Hash)}, field, ms).Text()
+	// notReplicated: a write the master took but too few replicas acknowledged. The
+	// refusal is in force on the master, so it goes on to the end, and then reports it.
+	var notReplicated error
+	mark := func(key string) (string, error) {
+		var v string
+		err := s.write(ctx, key, func(c redis.Cmdable) error {
+			var err error
+			v, err = setEarliestScript.Run(ctx, c, []string{key}, field, ms).Text()
+			return err
+		})
+		if errors.Is(err, ErrNotReplicated) {
+			notReplicated, err = cmp.Or(notReplicated, err), nil
+		}
+		return v, err
+	}
+	v, err := mark(s.kLookup(k.Hash))
 	if err != nil {
 		return store.Key{}, err
 	}
@@ -429,32 +513,41 @@ func (s *Store) refuse(ctx context.Context, instance, id, field string, at time.
 			return store.Key{}, fmt.Errorf("reading lookup entry of key %s: %v", id, err)
 		}
 	}
-	if err := s.fail(step); err != nil {
-		return store.Key{}, err
+	// From here on the lookup entry refuses the key: whatever fails next, the caches are
+	// still told, here and (best effort) on the other gateways.
+	err = s.fail(step)
+	if err == nil {
+		if v, err = mark(s.kKey(instance, id)); err == nil && v == "" {
+			err = store.ErrKeyNotFound
+		}
 	}
-	v, err = setEarliestScript.Run(ctx, s.rdb, []string{s.kKey(instance, id)}, field, ms).Text()
-	if err != nil {
-		return store.Key{}, err
-	}
-	if v == "" {
-		return store.Key{}, store.ErrKeyNotFound
-	}
-	ms, _ = strconv.ParseInt(v, 10, 64)
-	if field == "rev" {
-		k.RevokedAt = store.FromMillis(ms)
-	} else {
-		k.ExpiresAt = store.FromMillis(ms)
+	if err == nil {
+		ms, _ = strconv.ParseInt(v, 10, 64)
+		if field == "rev" {
+			k.RevokedAt = store.FromMillis(ms)
+		} else {
+			k.ExpiresAt = store.FromMillis(ms)
+		}
 	}
 	// Local watchers first: once this returns, this process refuses the key.
 	s.Invalidate(k.Hash)
-	if err := s.publish(ctx, k.Hash); err != nil {
-		return store.Key{}, fmt.Errorf("publishing invalidation: %w", err)
+	perr := s.write(ctx, s.kStream(), func(c redis.Cmdable) error { return s.publish(ctx, c, k.Hash) })
+	if errors.Is(perr, ErrNotReplicated) {
+		notReplicated, perr = cmp.Or(notReplicated, perr), nil
 	}
-	return k, s.wait(ctx)
+	switch {
+	case err != nil:
+		return store.Key{}, err
+	case perr != nil:
+		return store.Key{}, fmt.Errorf("publishing invalidation: %w", perr)
+	case notReplicated != nil:
+		return store.Key{}, notReplicated
+	}
+	return k, nil
 }
 
-func (s *Store) publish(ctx context.Context, h apikey.Hash) error {
-	return s.rdb.XAdd(ctx, &redis.XAddArgs{
+func (s *Store) publish(ctx context.Context, c redis.Cmdable, h apikey.Hash) error {
+	return c.XAdd(ctx, &redis.XAddArgs{
 		Stream: s.kStream(), MaxLen: s.opts.StreamMaxLen, Approx: true,
 		Values: []string{"h", hex.EncodeToString(h[:])},
 	}).Err()
@@ -496,8 +589,11 @@ func (s *Store) Ping(ctx context.Context) error { return s.rdb.Ping(ctx).Err() }
 // Close implements store.Store.
 func (s *Store) Close() error {
 	s.cancel()
+	// Closing the client also closes the connection of the listener's blocking XREAD, which
+	// a cancelled context does not interrupt: Close need not wait out the block.
+	err := s.rdb.Close()
 	<-s.done
-	return s.rdb.Close()
+	return err
 }
 
 // Client returns the underlying Redis client (for tests and health checks).
