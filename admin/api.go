@@ -568,11 +568,9 @@ func (a *API) createKey(w http.ResponseWriter, r *http.Request, t *Token) error 
 		return err
 	}
 	now := a.Now()
-	var expires time.Time
-	if body.ExpiresAt != nil {
-		if expires, err = parseExpiry(*body.ExpiresAt, now); err != nil {
-			return err
-		}
+	expires, err := optionalExpiry(body.ExpiresAt, now)
+	if err != nil {
+		return err
 	}
 	ctx, cancel := a.ctx(r)
 	defer cancel()
@@ -588,9 +586,7 @@ func (a *API) createKey(w http.ResponseWriter, r *http.Request, t *Token) error 
 		return err
 	}
 	a.event(ctx, store.Event{Type: store.EventKeyCreated, Instance: instance, KeyID: k.ID, Actor: t.Name, CreatedAt: now})
-	out := keyJSON(k, now)
-	out.Secret = secret
-	writeJSON(w, http.StatusCreated, out)
+	writeCreated(w, k, secret, now)
 	return nil
 }
 
@@ -674,11 +670,9 @@ func (a *API) rollKey(w http.ResponseWriter, r *http.Request, t *Token) error {
 		}
 	}
 	now := a.Now()
-	var newExpiry time.Time
-	if body.ExpiresAt != nil {
-		if newExpiry, err = parseExpiry(*body.ExpiresAt, now); err != nil {
-			return err
-		}
+	newExpiry, err := optionalExpiry(body.ExpiresAt, now)
+	if err != nil {
+		return err
 	}
 	ctx, cancel := a.ctx(r)
 	defer cancel()
@@ -708,10 +702,23 @@ func (a *API) rollKey(w http.ResponseWriter, r *http.Request, t *Token) error {
 		return err
 	}
 	a.event(ctx, store.Event{Type: store.EventKeyRolled, Instance: instance, KeyID: id, NewKeyID: next.ID, Actor: t.Name, CreatedAt: now})
-	out := keyJSON(next, now)
+	writeCreated(w, next, secret, now)
+	return nil
+}
+
+// optionalExpiry reads an optional expires_at (nil: never expires).
+func optionalExpiry(s *string, now time.Time) (time.Time, error) {
+	if s == nil {
+		return time.Time{}, nil
+	}
+	return parseExpiry(*s, now)
+}
+
+// writeCreated answers a create or roll: 201, the new key and, this once, its secret.
+func writeCreated(w http.ResponseWriter, k store.Key, secret string, now time.Time) {
+	out := keyJSON(k, now)
 	out.Secret = secret
 	writeJSON(w, http.StatusCreated, out)
-	return nil
 }
 
 // Event is the API's event object.
