@@ -1,0 +1,232 @@
+package admin
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	"github.com/keygate/keygate/apikey"
+	"github.com/keygate/keygate/store"
+	"go.uber.org/zap"
+)
+
+// Key is the API's key object.
+type Key struct {
+	Object      string     `json:"object"`
+	ID          string     `json:"id"`
+	Instance    string     `json:"instance"`
+	Environment string     `json:"environment"`
+	Name        string     `json:"name"`
+	Prefix      string     `json:"prefix"`
+	Status      string     `json:"status"`
+	CreatedAt   *time.Time `json:"created_at"`
+	ExpiresAt   *time.Time `json:"expires_at"`
+	RevokedAt   *time.Time `json:"revoked_at"`
+	LastUsedAt  *time.Time `json:"last_used_at"`
+	// Secret is set only in the answer to a create or roll.
+	Secret string `json:"secret,omitempty"`
+}
+
+func timePtr(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	u := t.UTC()
+	return &u
+}
+
+func keyJSON(k store.Key, now time.Time) Key {
+	return Key{Object: "api_key", ID: k.ID, Instance: k.Instance, Environment: k.Environment.String(),
+		Name: k.Name, Prefix: k.Prefix, Status: string(k.Status(now)),
+		CreatedAt: timePtr(k.CreatedAt), ExpiresAt: timePtr(k.ExpiresAt),
+		RevokedAt: timePtr(k.RevokedAt), LastUsedAt: timePtr(k.LastUsedAt)}
+}
+
+func (a *API) listKeys(w http.ResponseWriter, r *http.Request, t *Token) error {
+	instance, _, err := pathIDs(r)
+	if err != nil {
+		return err
+	}
+	opt, err := listOptions(r, true)
+	if err != nil {
+		return err
+	}
+	now := a.Now()
+	opt.Now = now
+	ctx, cancel := a.ctx(r)
+	defer cancel()
+	keys, more, err := a.Store.ListKeys(ctx, instance, opt)
+	if err != nil {
+		return err
+	}
+	out := List[Key]{Object: "list", Data: make([]Key, 0, len(keys)), HasMore: more}
+	for _, k := range keys {
+		out.Data = append(out.Data, keyJSON(k, now))
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+func (a *API) createKey(w http.ResponseWriter, r *http.Request, t *Token) error {
+	instance, _, err := pathIDs(r)
+	if err != nil {
+		return err
+	}
+	var body struct {
+		Name      *string `json:"name"`
+		ExpiresAt *string `json:"expires_at"`
+	}
+	if err := decode(w, r, &body); err != nil {
+		return err
+	}
+	if body.Name == nil {
+		return errInvalid("name is required.")
+	}
+	if err := checkName("name", *body.Name); err != nil {
+		return err
+	}
+	now := a.Now()
+	expires, err := optionalExpiry(body.ExpiresAt, now)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := a.ctx(r)
+	defer cancel()
+	in, err := a.instance(ctx, instance)
+	if err != nil {
+		return err
+	}
+	secret, k, err := store.Mint(a.Hasher, in, *body.Name, expires, now)
+	if err != nil {
+		return err
+	}
+	if err := a.Store.CreateKey(ctx, k); err != nil {
+		return err
+	}
+	a.event(ctx, store.Event{Type: store.EventKeyCreated, Instance: instance, KeyID: k.ID, Actor: t.Name, CreatedAt: now})
+	writeCreated(w, k, secret, now)
+	return nil
+}
+
+// event records an audit event. The change it records has happened: a failure to record it
+// is logged, not returned.
+func (a *API) event(ctx context.Context, e store.Event) {
+	id, err := apikey.NewID("evt_", 24)
+	if err == nil {
+		e.ID = id
+		err = a.Store.AddEvent(ctx, e)
+	}
+	if err != nil {
+		a.Logger.Error("recording audit event", zap.String("type", e.Type), zap.String("key_id", e.KeyID), zap.Error(err))
+	}
+}
+
+func (a *API) getKey(w http.ResponseWriter, r *http.Request, t *Token) error {
+	instance, id, err := pathIDs(r)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := a.ctx(r)
+	defer cancel()
+	k, err := a.Store.Key(ctx, instance, id)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, keyJSON(k, a.Now()))
+	return nil
+}
+
+func (a *API) revokeKey(w http.ResponseWriter, r *http.Request, t *Token) error {
+	instance, id, err := pathIDs(r)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := a.ctx(r)
+	defer cancel()
+	before, err := a.Store.Key(ctx, instance, id)
+	if err != nil {
+		return err
+	}
+	now := a.Now()
+	k, err := a.Store.RevokeKey(ctx, instance, id, now)
+	if err != nil {
+		return err
+	}
+	if before.RevokedAt.IsZero() {
+		a.event(ctx, store.Event{Type: store.EventKeyRevoked, Instance: instance, KeyID: id, Actor: t.Name, CreatedAt: now})
+	}
+	writeJSON(w, http.StatusOK, keyJSON(k, now))
+	return nil
+}
+
+func (a *API) rollKey(w http.ResponseWriter, r *http.Request, t *Token) error {
+	instance, id, err := pathIDs(r)
+	if err != nil {
+		return err
+	}
+	var body struct {
+		Grace     *int64  `json:"expire_old_in_seconds"`
+		Name      *string `json:"name"`
+		ExpiresAt *string `json:"expires_at"`
+	}
+	// The body is optional: none at all (even sent chunked, without Content-Length) is {}.
+	if r.ContentLength != 0 {
+		if err := decode(w, r, &body); err != nil && err != errEmptyBody {
+			return err
+		}
+	}
+	var grace int64
+	if body.Grace != nil {
+		grace = *body.Grace
+		if grace < 0 || grace > MaxGrace {
+			return errInvalid("expire_old_in_seconds must be from 0 to %d (seven days).", MaxGrace)
+		}
+	}
+	if body.Name != nil {
+		if err := checkName("name", *body.Name); err != nil {
+			return err
+		}
+	}
+	now := a.Now()
+	newExpiry, err := optionalExpiry(body.ExpiresAt, now)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := a.ctx(r)
+	defer cancel()
+	in, err := a.instance(ctx, instance)
+	if err != nil {
+		return err
+	}
+	old, err := a.Store.Key(ctx, instance, id)
+	if err != nil {
+		return err
+	}
+	if st := old.Status(now); st != store.StatusActive {
+		return errInvalid("Only an active key can be rolled; this one is %s.", st)
+	}
+	name := old.Name
+	if body.Name != nil {
+		name = *body.Name
+	}
+	if body.ExpiresAt == nil {
+		newExpiry = old.ExpiresAt
+	}
+	secret, next, err := store.Mint(a.Hasher, in, name, newExpiry, now)
+	if err != nil {
+		return err
+	}
+	if _, err := store.Roll(ctx, a.Store, instance, id, next, now.Add(time.Duration(grace)*time.Second)); err != nil {
+		return err
+	}
+	a.event(ctx, store.Event{Type: store.EventKeyRolled, Instance: instance, KeyID: id, NewKeyID: next.ID, Actor: t.Name, CreatedAt: now})
+	writeCreated(w, next, secret, now)
+	return nil
+}
+
+// writeCreated answers a create or roll: 201, the new key and, this once, its secret.
+func writeCreated(w http.ResponseWriter, k store.Key, secret string, now time.Time) {
+	out := keyJSON(k, now)
+	out.Secret = secret
+	writeJSON(w, http.StatusCreated, out)
+}
