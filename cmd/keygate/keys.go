@@ -20,7 +20,7 @@ import (
 )
 
 // The `keys` command group: create, list, revoke and roll API keys through the admin JSON API
-// (SPEC §5, §7). Output contract, for people and scripts alike:
+// (README, "The keys CLI"). Output contract, for people and scripts alike:
 //
 //   - success: exit status 0; what a script wants (the secret, the table, the JSON) on
 //     standard output, and for create and roll a human summary on standard error;
@@ -142,7 +142,8 @@ func (c *keysCLI) report(cmd *cobra.Command, err error) error {
 	return errReported
 }
 
-// setup turns keys (Caddy's command, or a fresh root in run) into the command group.
+// setup turns keys (Caddy's command, or a fresh root in run) into the command group: the
+// flags every subcommand shares, then one subcommand per function below.
 func (c *keysCLI) setup(keys *cobra.Command) {
 	c.root = keys
 	if c.now == nil {
@@ -167,38 +168,39 @@ func (c *keysCLI) setup(keys *cobra.Command) {
 		}
 		return c.report(cmd, fmt.Errorf("unknown command %q (create, list, revoke or roll; see --help)", args[0]))
 	}
+	keys.AddCommand(c.createCmd(), c.listCmd(), c.revokeCmd(), c.rollCmd())
+}
 
-	var instance string
-	instanceFlag := func(cmd *cobra.Command) {
-		cmd.Flags().StringVar(&instance, "instance", "", "instance id (required)")
-	}
-	sub := func(cmd *cobra.Command, run func(cmd *cobra.Command, args []string) error) *cobra.Command {
-		cmd.SilenceErrors = true
-		cmd.SilenceUsage = true
-		cmd.Args = cobra.ArbitraryArgs
-		cmd.RunE = func(cmd *cobra.Command, args []string) error {
-			if err := run(cmd, args); err != nil {
-				if errors.Is(err, errReported) {
-					return err
-				}
-				return c.report(cmd, err)
+// subcommand finishes cmd as a `keys` subcommand: errors and usage are not printed by cobra
+// (run's error becomes the one line on standard error), and every subcommand takes
+// --instance, into *instance.
+func (c *keysCLI) subcommand(cmd *cobra.Command, instance *string, run func(cmd *cobra.Command, args []string) error) *cobra.Command {
+	cmd.SilenceErrors = true
+	cmd.SilenceUsage = true
+	cmd.Args = cobra.ArbitraryArgs
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		if err := run(cmd, args); err != nil {
+			if errors.Is(err, errReported) {
+				return err
 			}
-			return nil
+			return c.report(cmd, err)
 		}
-		instanceFlag(cmd)
-		keys.AddCommand(cmd)
-		return cmd
+		return nil
 	}
+	cmd.Flags().StringVar(instance, "instance", "", "instance id (required)")
+	return cmd
+}
 
-	// create
-	var name, expires string
-	create := sub(&cobra.Command{
+// createCmd is `keys create`: the secret alone on standard output.
+func (c *keysCLI) createCmd() *cobra.Command {
+	var instance, name, expires string
+	cmd := c.subcommand(&cobra.Command{
 		Use:   "create --instance ID --name NAME [--expires DATE]",
 		Short: "Creates a key and prints its secret (shown once)",
 		Long: `Creates an API key in an instance. Only the secret goes to standard output
 (with --json: the key object including "secret"); a summary goes to standard
 error. The secret is shown once and cannot be retrieved later.`,
-	}, func(cmd *cobra.Command, args []string) error {
+	}, &instance, func(cmd *cobra.Command, args []string) error {
 		if err := noArgs(args); err != nil {
 			return err
 		}
@@ -223,20 +225,23 @@ error. The secret is shown once and cannot be retrieved later.`,
 			c.keyDetails(w, k)
 		})
 	})
-	create.Flags().StringVar(&name, "name", "", "key name, 1 to 100 characters (required)")
-	create.Flags().StringVar(&expires, "expires", "", "expiry: YYYY-MM-DD (00:00 UTC that day) or RFC 3339; default never")
+	cmd.Flags().StringVar(&name, "name", "", "key name, 1 to 100 characters (required)")
+	cmd.Flags().StringVar(&expires, "expires", "", "expiry: YYYY-MM-DD (00:00 UTC that day) or RFC 3339; default never")
+	return cmd
+}
 
-	// list
-	var status, startingAfter string
+// listCmd is `keys list`: every key (page after page), or one page with --limit.
+func (c *keysCLI) listCmd() *cobra.Command {
+	var instance, status, startingAfter string
 	var limit int
-	list := sub(&cobra.Command{
+	cmd := c.subcommand(&cobra.Command{
 		Use:   "list --instance ID [--status S] [--limit N [--starting-after KEY_ID]]",
 		Short: "Lists an instance's keys, newest first",
 		Long: `Lists an instance's keys, newest first: a table for people, or with --json
 one list object. Without --limit, every page is fetched and printed (the JSON
 is then one list with "has_more": false). With --limit N, one page of N keys
 (1 to 1000) is printed; --starting-after KEY_ID starts it after that key.`,
-	}, func(cmd *cobra.Command, args []string) error {
+	}, &instance, func(cmd *cobra.Command, args []string) error {
 		if err := noArgs(args); err != nil {
 			return err
 		}
@@ -285,18 +290,22 @@ is then one list with "has_more": false). With --limit N, one page of N keys
 		}
 		return nil
 	})
-	list.Flags().StringVar(&status, "status", "", "only keys with this status: active, expired or revoked")
-	list.Flags().IntVar(&limit, "limit", 0, "print one page of at most N keys (1 to 1000) instead of all")
-	list.Flags().StringVar(&startingAfter, "starting-after", "", "with --limit: start the page after this key id")
+	cmd.Flags().StringVar(&status, "status", "", "only keys with this status: active, expired or revoked")
+	cmd.Flags().IntVar(&limit, "limit", 0, "print one page of at most N keys (1 to 1000) instead of all")
+	cmd.Flags().StringVar(&startingAfter, "starting-after", "", "with --limit: start the page after this key id")
+	return cmd
+}
 
-	// revoke
-	sub(&cobra.Command{
+// revokeCmd is `keys revoke`.
+func (c *keysCLI) revokeCmd() *cobra.Command {
+	var instance string
+	return c.subcommand(&cobra.Command{
 		Use:   "revoke --instance ID KEY_ID",
 		Short: "Revokes a key at once",
 		Long: `Revokes a key: every gateway refuses it within a second. Prints
 "revoked KEY_ID (name)" (with --json: the key object). Revoking a key that is
 already revoked succeeds and changes nothing.`,
-	}, func(cmd *cobra.Command, args []string) error {
+	}, &instance, func(cmd *cobra.Command, args []string) error {
 		id, err := oneKeyID(args)
 		if err != nil {
 			return err
@@ -320,17 +329,19 @@ already revoked succeeds and changes nothing.`,
 		_, err = fmt.Fprintf(c.stdout, "revoked %s (%s)\n", k.ID, clean(k.Name))
 		return err
 	})
+}
 
-	// roll
-	var grace string
-	roll := sub(&cobra.Command{
+// rollCmd is `keys roll`: the new secret on standard output, like create.
+func (c *keysCLI) rollCmd() *cobra.Command {
+	var instance, grace string
+	cmd := c.subcommand(&cobra.Command{
 		Use:   "roll --instance ID KEY_ID [--grace DURATION]",
 		Short: "Replaces a key by a new one and prints the new secret",
 		Long: `Replaces a key by a new one with the same name and expiry. The new secret
 goes to standard output like create's (with --json: the new key object
 including "secret"). The old key keeps working for the --grace DURATION (a Go
 duration: 30m, 24h; default 0, it stops at once; at most 168h).`,
-	}, func(cmd *cobra.Command, args []string) error {
+	}, &instance, func(cmd *cobra.Command, args []string) error {
 		id, err := oneKeyID(args)
 		if err != nil {
 			return err
@@ -363,7 +374,8 @@ duration: 30m, 24h; default 0, it stops at once; at most 168h).`,
 			}
 		})
 	})
-	roll.Flags().StringVar(&grace, "grace", "0", "how long the old key keeps working: a Go duration such as 30m or 24h (0 to 168h)")
+	cmd.Flags().StringVar(&grace, "grace", "0", "how long the old key keeps working: a Go duration such as 30m or 24h (0 to 168h)")
+	return cmd
 }
 
 // client returns an admin client for the resolved URL and the token from the environment.
