@@ -1,17 +1,20 @@
 package verify
 
 import (
+	"runtime/debug"
 	"testing"
 	"time"
 
 	"github.com/keygate/keygate/apikey"
 )
 
-// SPEC §9 item 1: Verify on a cache hit (parse, checksum, hash, cache get, checks) in at most
-// 1 µs and 2 allocations.
+// The hit path's budget: Verify on a cache hit (parse, checksum, hash, cache
+// get, checks) in at most 1 µs and 2 allocations. The benchmarks measure the time; the
+// allocation test below enforces the count, and CI runs it without -race too (the race
+// detector changes allocation counts, so it skips there).
 
 func benchFixture(b *testing.B, hasher apikey.Hasher) (*fixture, string) {
-	// The production cache size (SPEC §3's default), not the tests' small one.
+	// The production cache size (Config.Size's default), not the tests' small one.
 	f := newFixture(b, nil, Config{Hasher: hasher, Now: time.Now, Size: 1_000_000})
 	secret, _ := f.createKey(apikey.Production, time.Time{})
 	f.warm(secret)
@@ -71,5 +74,53 @@ func BenchmarkVerifyBadChecksum(b *testing.B) {
 	b.StopTimer()
 	if got := f.st.lookups.Load(); got != 1 {
 		b.Fatalf("store calls = %d, want only the warm-up's", got)
+	}
+}
+
+// raceEnabled reports whether the test binary was built with -race.
+func raceEnabled() bool {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return false
+	}
+	for _, s := range bi.Settings {
+		if s.Key == "-race" && s.Value == "true" {
+			return true
+		}
+	}
+	return false
+}
+
+func TestVerifyCacheHitAllocs(t *testing.T) {
+	if raceEnabled() {
+		t.Skip("the race detector changes allocation counts")
+	}
+	for _, tc := range []struct {
+		name   string
+		hasher apikey.Hasher
+	}{
+		{"sha256", apikey.Hasher{}},
+		{"hmac", apikey.NewHasher([]byte("pepper"))},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, nil, Config{Hasher: tc.hasher, Now: time.Now})
+			secret, _ := f.createKey(apikey.Production, time.Time{})
+			f.warm(secret)
+			n := f.st.lookups.Load()
+			allocs := testing.AllocsPerRun(10_000, func() {
+				if f.v.Verify(secret, apikey.Production).Code != OK {
+					panic("not ok")
+				}
+			})
+			f.expectLookups(n)
+			t.Logf("allocations per cache hit: %v", allocs)
+			if allocs > 2 {
+				t.Fatalf("cache hit allocates %v times, want ≤ 2", allocs)
+			}
+			bad := badChecksum(t, apikey.Production)
+			if a := testing.AllocsPerRun(10_000, func() { f.v.Verify(bad, apikey.EnvUnknown) }); a > 0 {
+				t.Fatalf("bad checksum allocates %v times, want 0", a)
+			}
+		})
 	}
 }
