@@ -100,7 +100,31 @@ func Generate(env Environment) (string, error) {
 	return string(b[:]), nil
 }
 
-// NewID returns prefix followed by n random base62 characters (key ids: "key_…").
+// Key ids: "key_" and 24 random base62 characters. They are not derived from the secret.
+const (
+	KeyIDPrefix = "key_"
+	keyIDRandom = 24
+	// KeyIDLen is the length of every key id.
+	KeyIDLen = len(KeyIDPrefix) + keyIDRandom
+)
+
+// NewKeyID returns a new random key id.
+func NewKeyID() (string, error) { return NewID(KeyIDPrefix, keyIDRandom) }
+
+// ValidKeyID reports whether id has the form of a key id.
+func ValidKeyID(id string) bool {
+	if len(id) != KeyIDLen || id[:len(KeyIDPrefix)] != KeyIDPrefix {
+		return false
+	}
+	for i := len(KeyIDPrefix); i < len(id); i++ {
+		if !isBase62(id[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// NewID returns prefix followed by n random base62 characters (event ids: "evt_…").
 func NewID(prefix string, n int) (string, error) {
 	b := make([]byte, len(prefix)+n)
 	copy(b, prefix)

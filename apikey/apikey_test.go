@@ -613,3 +613,18 @@ func BenchmarkHashHMAC(b *testing.B) {
 		benchHash = h.Sum(key)
 	}
 }
+
+func TestKeyID(t *testing.T) {
+	id, err := NewKeyID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(id) != KeyIDLen || !ValidKeyID(id) {
+		t.Fatalf("NewKeyID() = %q, not valid", id)
+	}
+	for _, bad := range []string{"", "key_", id[:KeyIDLen-1], id + "x", "kez_" + id[4:], id[:10] + "-" + id[11:], "evt_" + id[4:]} {
+		if ValidKeyID(bad) {
+			t.Errorf("ValidKeyID(%q) = true", bad)
+		}
+	}
+}

@@ -1,7 +1,7 @@
 // Package verify decides on one presented API key: format and checksum, environment, then the
 // in-process cache or one store lookup, then revoked and expired. It owns the positive cache
 // (ristretto), the negative cache (an LRU of unknown hashes) and the invalidation state, and
-// keeps SPEC §4's guarantees:
+// keeps the cache and revocation guarantees (docs/design.md, "Guarantees"):
 //
 //   - a hit costs no store round trip, and expiry is checked on every request against the
 //     cached expires_at, so the cache never extends a key's life;
@@ -33,37 +33,12 @@ import (
 	"github.com/keygate/keygate/store"
 )
 
-// Code is the outcome of a verification.
-type Code uint8
-
-// The outcomes, in SPEC §2's words.
-const (
-	OK Code = iota
-	InvalidKey
-	Revoked
-	Expired
-	WrongEnvironment
-	Unavailable
-	numCodes
-)
-
-// String returns the API error code ("ok" for OK).
-func (c Code) String() string {
-	switch c {
-	case OK:
-		return "ok"
-	case InvalidKey:
-		return "invalid_api_key"
-	case Revoked:
-		return "api_key_revoked"
-	case Expired:
-		return "api_key_expired"
-	case WrongEnvironment:
-		return "api_key_wrong_environment"
-	case Unavailable:
-		return "auth_unavailable"
-	}
-	return "unknown"
+// Store is what a Verifier needs of the key store: a lookup by hash, last-use writes, and
+// the invalidations. store.Store has these methods.
+type Store interface {
+	LookupHash(ctx context.Context, h apikey.Hash) (store.Lookup, error)
+	TouchKey(ctx context.Context, instance, id string, at time.Time) error
+	Subscribe(w store.Watcher) (unsubscribe func())
 }
 
 // Result is a verification's outcome; the key fields are set when Code is OK.
@@ -74,7 +49,7 @@ type Result struct {
 	Environment apikey.Environment
 }
 
-// Config tunes a Verifier. Zero fields take the defaults of SPEC §3.
+// Config tunes a Verifier. Zero fields take the defaults documented on each field.
 type Config struct {
 	// Size is how many keys the positive cache holds (default 1,000,000).
 	Size int64
@@ -150,7 +125,7 @@ type touch struct {
 
 // Stats counts what a Verifier did; all fields only grow.
 type Stats struct {
-	Results      [numCodes]atomic.Uint64
+	Results      [NumCodes]atomic.Uint64
 	CacheHits    atomic.Uint64
 	CacheMisses  atomic.Uint64
 	NegativeHits atomic.Uint64
@@ -161,7 +136,7 @@ type Stats struct {
 // subscribed to its store (New does it) to receive invalidations.
 type Verifier struct {
 	cfg   Config
-	store store.Store
+	store Store
 	cache *ristretto.Cache[uint64, *entry]
 	neg   *lru.Cache[apikey.Hash, int64] // hash → expiry (unix nanoseconds)
 	sf    singleflight.Group
@@ -186,7 +161,7 @@ type Verifier struct {
 }
 
 // New returns a Verifier on s and subscribes it to s's invalidations. Close it when done.
-func New(s store.Store, cfg Config) (*Verifier, error) {
+func New(s Store, cfg Config) (*Verifier, error) {
 	cfg.defaults()
 	cache, err := ristretto.NewCache(&ristretto.Config[uint64, *entry]{
 		NumCounters:        cfg.Size * 10,
@@ -429,4 +404,7 @@ func (v *Verifier) SetHealthy(ok bool) {
 func (v *Verifier) Healthy() bool { return v.healthy.Load() }
 
 // Interface guards
-var _ store.Watcher = (*Verifier)(nil)
+var (
+	_ store.Watcher = (*Verifier)(nil)
+	_ Store         = store.Store(nil)
+)
