@@ -102,8 +102,10 @@ func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) {
 		ae = errKeyNotFound
 	case errors.Is(err, store.ErrInstanceExists):
 		ae = errInstanceExists
-	case errors.Is(err, store.ErrRevokedDuringRoll):
-		ae = errInvalid("The key was revoked while it was being rolled; the new key was revoked too.")
+	case errors.Is(err, store.ErrAlreadyRolled):
+		ae = errAlreadyRolled("")
+	case errors.Is(err, store.ErrNotActive):
+		ae = errInvalid("Only an active key can be rolled.")
 	case errors.Is(err, store.ErrInvalidCursor):
 		ae = errInvalid("starting_after names no item of this list.")
 	default:

@@ -2,6 +2,8 @@ package admin
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net/http"
 	"time"
 
@@ -143,17 +145,16 @@ func (a *API) revokeKey(w http.ResponseWriter, r *http.Request, t *Token) error 
 	}
 	ctx, cancel := a.ctx(r)
 	defer cancel()
-	before, err := a.Store.Key(ctx, instance, id)
-	if err != nil {
-		return err
-	}
 	now := a.Now()
-	k, err := a.Store.RevokeKey(ctx, instance, id, now)
+	// The store records the event only if this call is the one that revoked the key, in the
+	// same step: concurrent revokes make one event.
+	ev, err := newEvent(store.EventKeyRevoked, instance, id, "", t.Name, now)
 	if err != nil {
 		return err
 	}
-	if before.RevokedAt.IsZero() {
-		a.event(ctx, store.Event{Type: store.EventKeyRevoked, Instance: instance, KeyID: id, Actor: t.Name, CreatedAt: now})
+	k, _, err := a.Store.RevokeKey(ctx, instance, id, now, &ev)
+	if err != nil {
+		return err
 	}
 	writeJSON(w, http.StatusOK, keyJSON(k, now))
 	return nil
@@ -202,8 +203,8 @@ func (a *API) rollKey(w http.ResponseWriter, r *http.Request, t *Token) error {
 	if err != nil {
 		return err
 	}
-	if st := old.Status(now); st != store.StatusActive {
-		return errInvalid("Only an active key can be rolled; this one is %s.", st)
+	if err := rollRefusal(old, now); err != nil {
+		return err
 	}
 	name := old.Name
 	if body.Name != nil {
@@ -216,12 +217,53 @@ func (a *API) rollKey(w http.ResponseWriter, r *http.Request, t *Token) error {
 	if err != nil {
 		return err
 	}
-	if _, err := store.Roll(ctx, a.Store, instance, id, next, now.Add(time.Duration(grace)*time.Second)); err != nil {
+	ev, err := newEvent(store.EventKeyRolled, instance, id, next.ID, t.Name, now)
+	if err != nil {
 		return err
 	}
-	a.event(ctx, store.Event{Type: store.EventKeyRolled, Instance: instance, KeyID: id, NewKeyID: next.ID, Actor: t.Name, CreatedAt: now})
+	// The store claims the old key, creates the replacement and records the event in one
+	// step: of concurrent rolls one succeeds, the others are refused here.
+	cur, err := a.Store.RollKey(ctx, instance, id, next, now.Add(time.Duration(grace)*time.Second), &ev)
+	if errors.Is(err, store.ErrNotActive) || errors.Is(err, store.ErrAlreadyRolled) {
+		if ae := rollRefusal(cur, now); ae != nil {
+			return ae
+		}
+	}
+	if err != nil {
+		return err
+	}
 	writeCreated(w, next, secret, now)
 	return nil
+}
+
+// rollRefusal says why old cannot be rolled at now, or returns nil: only an active key
+// rolls (400 invalid_request), and only once (409 api_key_already_rolled, naming the
+// replacement so the caller can find the key that is in use now).
+func rollRefusal(old store.Key, now time.Time) error {
+	if st := old.Status(now); st != store.StatusActive {
+		return errInvalid("Only an active key can be rolled; this one is %s.", st)
+	}
+	if old.ReplacedBy != "" {
+		return errAlreadyRolled(old.ReplacedBy)
+	}
+	return nil
+}
+
+func errAlreadyRolled(replacement string) *apiError {
+	msg := "This key has already been rolled."
+	if replacement != "" {
+		msg = fmt.Sprintf("This key has already been rolled into %s; roll that key instead.", replacement)
+	}
+	return &apiError{http.StatusConflict, "invalid_request_error", "api_key_already_rolled", msg}
+}
+
+// newEvent makes an audit event with a fresh id; the store writes it with the change.
+func newEvent(typ, instance, keyID, newKeyID, actor string, at time.Time) (store.Event, error) {
+	id, err := apikey.NewID("evt_", 24)
+	if err != nil {
+		return store.Event{}, err
+	}
+	return store.Event{ID: id, Type: typ, Instance: instance, KeyID: keyID, NewKeyID: newKeyID, Actor: actor, CreatedAt: at}, nil
 }
 
 // writeCreated answers a create or roll: 201, the new key and, this once, its secret.

@@ -193,12 +193,12 @@ func TestAuthAnswersEveryRow(t *testing.T) {
 	live, _ := mint(t, s, "acme-prod", apikey.Production, time.Time{})
 	test, _ := mint(t, s, "acme-sandbox", apikey.Sandbox, time.Time{})
 	revoked, rk := mint(t, s, "acme-sandbox", apikey.Sandbox, time.Time{})
-	if _, err := s.RevokeKey(context.Background(), "acme-sandbox", rk.ID, time.Now()); err != nil {
+	if _, _, err := s.RevokeKey(context.Background(), "acme-sandbox", rk.ID, time.Now(), nil); err != nil {
 		t.Fatal(err)
 	}
 	expired, _ := mint(t, s, "acme-sandbox", apikey.Sandbox, time.Now().Add(-time.Hour))
 	revokedExpired, rek := mint(t, s, "acme-prod", apikey.Production, time.Now().Add(-time.Hour))
-	if _, err := s.RevokeKey(context.Background(), "acme-prod", rek.ID, time.Now()); err != nil {
+	if _, _, err := s.RevokeKey(context.Background(), "acme-prod", rek.ID, time.Now(), nil); err != nil {
 		t.Fatal(err)
 	}
 	unknown, _ := apikey.Generate(apikey.Sandbox) // right checksum, never stored

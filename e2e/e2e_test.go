@@ -350,7 +350,7 @@ func TestRevocationReachesTheOtherGatewayProcess(t *testing.T) {
 		t.Fatalf("a cached key cost %d store lookups", got-before)
 	}
 
-	if _, err := c.store.RevokeKey(context.Background(), "acme-prod", k.ID, time.Now()); err != nil {
+	if _, _, err := c.store.RevokeKey(context.Background(), "acme-prod", k.ID, time.Now(), nil); err != nil {
 		t.Fatal(err)
 	}
 	revokedAt := time.Now()

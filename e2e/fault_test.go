@@ -510,7 +510,7 @@ func TestFaultNoLostInvalidation(t *testing.T) {
 		}
 	}
 	revoke := func(s *redisstore.Store, k store.Key) {
-		if _, err := s.RevokeKey(ctx, k.Instance, k.ID, time.Now()); err != nil {
+		if _, _, err := s.RevokeKey(ctx, k.Instance, k.ID, time.Now(), nil); err != nil {
 			t.Fatalf("revoke: %v", err)
 		}
 	}
@@ -647,7 +647,7 @@ func TestFaultFillRevokeRace(t *testing.T) {
 		}
 		close(started)
 		time.Sleep(delay)
-		if _, err := c.store.RevokeKey(context.Background(), k.Instance, k.ID, time.Now()); err != nil {
+		if _, _, err := c.store.RevokeKey(context.Background(), k.Instance, k.ID, time.Now(), nil); err != nil {
 			t.Fatal(err)
 		}
 		revokedAt := time.Now()
@@ -926,7 +926,7 @@ func TestFaultStoreUnreachable(t *testing.T) {
 			}
 		}
 		for i := 0; i < n; i += 2 {
-			if _, err := c.store.RevokeKey(ctx, keys[i].Instance, keys[i].ID, time.Now()); err != nil {
+			if _, _, err := c.store.RevokeKey(ctx, keys[i].Instance, keys[i].ID, time.Now(), nil); err != nil {
 				t.Fatal(err)
 			}
 		}

@@ -117,7 +117,7 @@ func waitAccepted(t *testing.T, gws []*gateway, key string, timeout time.Duratio
 func revokeAndWatch(t *testing.T, s store.Store, gws []*gateway, secret string, k store.Key) {
 	t.Helper()
 	made := time.Now()
-	if _, err := s.RevokeKey(context.Background(), k.Instance, k.ID, time.Now()); err != nil {
+	if _, _, err := s.RevokeKey(context.Background(), k.Instance, k.ID, time.Now(), nil); err != nil {
 		t.Fatal(err)
 	}
 	returned := time.Since(made)

@@ -7,6 +7,7 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
 	"regexp"
 	"time"
 
@@ -20,9 +21,14 @@ var (
 	ErrKeyNotFound      = errors.New("api key not found")
 	// ErrInvalidCursor means ListOptions.StartingAfter names no key of the instance.
 	ErrInvalidCursor = errors.New("starting_after names no key of this instance")
-	// ErrRevokedDuringRoll: the key was revoked while it was being rolled; the replacement
-	// was revoked too.
-	ErrRevokedDuringRoll = errors.New("the key was revoked while it was being rolled")
+	// ErrNotActive: RollKey was asked to roll a key that is revoked or expired.
+	ErrNotActive = errors.New("only an active key can be rolled")
+	// ErrAlreadyRolled: RollKey was asked to roll a key that another roll has already
+	// replaced (its ReplacedBy names the replacement).
+	ErrAlreadyRolled = errors.New("the key has already been rolled")
+	// ErrWrongInstance: a roll's replacement or an audit event names another instance than
+	// the key it goes with.
+	ErrWrongInstance = errors.New("the key and its replacement or event must be in one instance")
 	// ErrNoExpiry: ExpireKey needs a time (a key's expiry only ever moves earlier).
 	ErrNoExpiry = errors.New("an expiry time is required")
 )
@@ -36,7 +42,7 @@ type Instance struct {
 
 var instanceIDPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
 
-// ValidInstanceID reports whether id has the form SPEC §1 allows.
+// ValidInstanceID reports whether id is a well-formed instance id.
 func ValidInstanceID(id string) bool { return instanceIDPattern.MatchString(id) }
 
 // Status is a key's computed state.
@@ -62,6 +68,9 @@ type Key struct {
 	ExpiresAt  time.Time // zero: never expires
 	RevokedAt  time.Time // zero: not revoked
 	LastUsedAt time.Time // zero: never used
+	// ReplacedBy is the id of the key that replaced this one in a roll ("" if none). A key
+	// is rolled at most once.
+	ReplacedBy string
 }
 
 // Status computes the key's status at now: revoked, else expired if ExpiresAt is not after
@@ -128,8 +137,8 @@ type ListOptions struct {
 
 // Store holds instances and keys. Implementations are safe for concurrent use.
 //
-// Writes that can make a key refuse (RevokeKey, ExpireKey) deliver an invalidation of the
-// key's hash to every Watcher subscribed in this process before they return, and to the
+// Writes that can make a key refuse (RevokeKey, RollKey, ExpireKey) deliver an
+// invalidation of the key's hash to every Watcher subscribed in this process before they return, and to the
 // watchers of every other process sharing the store soon after.
 type Store interface {
 	// CreateInstance adds an instance; ErrInstanceExists if its id is taken.
@@ -149,9 +158,22 @@ type Store interface {
 	LookupHash(ctx context.Context, h apikey.Hash) (Lookup, error)
 	// ListKeys returns a page of an instance's keys, newest first, and whether more follow.
 	ListKeys(ctx context.Context, instance string, opt ListOptions) (keys []Key, hasMore bool, err error)
-	// RevokeKey marks a key revoked at `at` and returns it. Revoking a revoked key changes
-	// nothing and returns it with its first RevokedAt. The lookup entry is marked first.
-	RevokeKey(ctx context.Context, instance, id string, at time.Time) (Key, error)
+	// RevokeKey marks a key revoked at `at` and returns it, and whether this call revoked
+	// it. Revoking a revoked key changes nothing and returns it with its first RevokedAt
+	// (changed false). When ev is not nil and this call revoked the key, ev (every field set
+	// by the caller) joins the instance's audit trail in the same atomic step, so concurrent
+	// revokes of one key record one event. The lookup entry is marked first.
+	RevokeKey(ctx context.Context, instance, id string, at time.Time, ev *Event) (k Key, changed bool, err error)
+	// RollKey replaces the key `id` by next (a new key of the same instance, its fields set
+	// by the caller; next.CreatedAt is the time of the roll) and makes the old key expire at
+	// oldExpiresAt unless it already expires earlier. In one atomic step it claims the old
+	// key, which must be neither revoked nor expired at next.CreatedAt (ErrNotActive) nor
+	// rolled before (ErrAlreadyRolled), records next.ID as its ReplacedBy, lists next and,
+	// when ev is not nil, adds ev to the audit trail: of concurrent rolls of one key, one
+	// succeeds. It returns the old key as it is afterwards; refused with ErrNotActive or
+	// ErrAlreadyRolled, the old key as it is (for its status and ReplacedBy). A roll that
+	// fails half-way leaves at worst a listed replacement that does not work.
+	RollKey(ctx context.Context, instance, id string, next Key, oldExpiresAt time.Time, ev *Event) (old Key, err error)
 	// ExpireKey moves a key's expiry earlier to `at` (never later) and returns it.
 	ExpireKey(ctx context.Context, instance, id string, at time.Time) (Key, error)
 	// TouchKey records a use of the key at `at` (last_used_at), never moving it back.
@@ -184,32 +206,25 @@ type Watcher interface {
 	SetHealthy(ok bool)
 }
 
-// Roll replaces the key `id` with next (created in the same instance, its fields set by the
-// caller) and makes the old key expire at oldExpiresAt, unless it already expires earlier.
-// It returns the old key as it is afterwards.
-func Roll(ctx context.Context, s Store, instance, id string, next Key, oldExpiresAt time.Time) (Key, error) {
-	old, err := s.Key(ctx, instance, id)
-	if err != nil {
-		return Key{}, err
+// CheckRoll is the refusal every store gives a roll of old at `at` (nil when it may go on):
+// ErrNotActive for a revoked or expired key, ErrAlreadyRolled for a key rolled before.
+func CheckRoll(old Key, at time.Time) error {
+	if st := old.Status(at); st != StatusActive {
+		return fmt.Errorf("%w: the key is %s", ErrNotActive, st)
 	}
-	if next.Instance != old.Instance {
-		return Key{}, errors.New("rolled key must stay in its instance")
+	if old.ReplacedBy != "" {
+		return fmt.Errorf("%w into %s", ErrAlreadyRolled, old.ReplacedBy)
 	}
-	if err := s.CreateKey(ctx, next); err != nil {
-		return Key{}, err
+	return nil
+}
+
+// CheckEvent refuses an audit event that would land in another instance's trail than the
+// key's.
+func CheckEvent(ev *Event, instance string) error {
+	if ev != nil && ev.Instance != instance {
+		return fmt.Errorf("%w: event of instance %q for a key of %q", ErrWrongInstance, ev.Instance, instance)
 	}
-	old, err = s.ExpireKey(ctx, instance, id, oldExpiresAt)
-	if err != nil {
-		return Key{}, err
-	}
-	if !old.RevokedAt.IsZero() {
-		// Revoked while we rolled it: the replacement must not outlive it.
-		if _, err := s.RevokeKey(ctx, instance, next.ID, old.RevokedAt); err != nil {
-			return Key{}, err
-		}
-		return Key{}, ErrRevokedDuringRoll
-	}
-	return old, nil
+	return nil
 }
 
 // Millis is how stores keep times: Unix milliseconds, 0 for the zero time. Every time a store
@@ -236,7 +251,7 @@ func Mint(h apikey.Hasher, in Instance, name string, expiresAt, now time.Time) (
 	if err != nil {
 		return "", Key{}, err
 	}
-	id, err := apikey.NewID("key_", 24)
+	id, err := apikey.NewKeyID()
 	if err != nil {
 		return "", Key{}, err
 	}

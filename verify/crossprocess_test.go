@@ -28,7 +28,7 @@ func TestCrossProcessRevocationRedis(t *testing.T) {
 		fb.warm(secret) // B caches it: its next answers cost no store call
 
 		start := time.Now()
-		if _, err := sa.RevokeKey(context.Background(), k.Instance, k.ID, fa.clk.Now()); err != nil {
+		if _, _, err := sa.RevokeKey(context.Background(), k.Instance, k.ID, fa.clk.Now(), nil); err != nil {
 			t.Fatal(err)
 		}
 		returned := time.Since(start)
@@ -60,7 +60,7 @@ func TestCrossProcessFillRevokeRaceRedis(t *testing.T) {
 	go func() { old <- fb.v.Verify(secret, apikey.EnvUnknown) }()
 	g.wait(t)
 	gen := fb.v.gen.Load()
-	if _, err := sa.RevokeKey(context.Background(), k.Instance, k.ID, fa.clk.Now()); err != nil {
+	if _, _, err := sa.RevokeKey(context.Background(), k.Instance, k.ID, fa.clk.Now(), nil); err != nil {
 		t.Fatal(err)
 	}
 	testutil.WaitFor(t, time.Second, "B to receive the invalidation", func() bool { return fb.v.gen.Load() != gen })

@@ -218,7 +218,7 @@ func createKeyIn(t testing.TB, s store.Store, hasher apikey.Hasher, env apikey.E
 
 func (f *fixture) revoke(k store.Key) {
 	f.t.Helper()
-	if _, err := f.real.RevokeKey(context.Background(), k.Instance, k.ID, f.clk.Now()); err != nil {
+	if _, _, err := f.real.RevokeKey(context.Background(), k.Instance, k.ID, f.clk.Now(), nil); err != nil {
 		f.t.Fatal(err)
 	}
 }

@@ -60,7 +60,7 @@ func TestCloseStopsGoroutines(t *testing.T) {
 	t.Logf("goroutines: baseline %d, after Close %d", baseline, n)
 	// The store's invalidations no longer reach the closed verifiers.
 	_, k := createKeyIn(t, s, apikey.Hasher{}, apikey.Sandbox, time.Time{})
-	if _, err := s.RevokeKey(context.Background(), k.Instance, k.ID, base); err != nil {
+	if _, _, err := s.RevokeKey(context.Background(), k.Instance, k.ID, base, nil); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -81,7 +81,7 @@ func TestRetireStopsTrustingTheCache(t *testing.T) {
 	}
 	f.expect(secret, apikey.EnvUnknown, OK)
 	f.expectLookups(2) // asked the store, not the cache
-	if _, err := f.real.RevokeKey(context.Background(), "acme-sandbox", k.ID, time.Now()); err != nil {
+	if _, _, err := f.real.RevokeKey(context.Background(), "acme-sandbox", k.ID, time.Now(), nil); err != nil {
 		t.Fatal(err)
 	}
 	f.expect(secret, apikey.EnvUnknown, Revoked)

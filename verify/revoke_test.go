@@ -168,7 +168,7 @@ func TestInvalidateWaitsForQueuedFill(t *testing.T) {
 
 	done := make(chan error, 1)
 	go func() {
-		_, err := f.real.RevokeKey(context.Background(), k.Instance, k.ID, base)
+		_, _, err := f.real.RevokeKey(context.Background(), k.Instance, k.ID, base, nil)
 		done <- err
 	}()
 	returnedEarly := false
@@ -242,7 +242,7 @@ func TestRevokeRaceStress(t *testing.T) {
 				}
 			}()
 			time.Sleep(time.Duration(rand.IntN(3000)) * time.Microsecond)
-			if _, err := f.real.RevokeKey(context.Background(), k.Instance, k.ID, f.clk.Now()); err != nil {
+			if _, _, err := f.real.RevokeKey(context.Background(), k.Instance, k.ID, f.clk.Now(), nil); err != nil {
 				t.Fatal(err)
 			}
 			revoked.Store(true)

@@ -188,7 +188,7 @@ func TestVerifyCodes(t *testing.T) {
 		}
 		nk := store.Key{ID: "key_rolled", Instance: k.Instance, Environment: k.Environment, Name: k.Name,
 			Prefix: apikey.DisplayPrefix(next), Hash: f.hasher.Sum(next), CreatedAt: base}
-		if _, err := store.Roll(context.Background(), f.real, k.Instance, k.ID, nk, f.clk.Now()); err != nil {
+		if _, err := f.real.RollKey(context.Background(), k.Instance, k.ID, nk, f.clk.Now(), nil); err != nil {
 			t.Fatal(err)
 		}
 		f.expect(old, apikey.EnvUnknown, Expired)

@@ -403,7 +403,7 @@ http://127.0.0.1:%d {
 				}
 			}()
 		}
-		if _, err := st.RevokeKey(ctx, keys[i].Instance, keys[i].ID, time.Now()); err != nil {
+		if _, _, err := st.RevokeKey(ctx, keys[i].Instance, keys[i].ID, time.Now(), nil); err != nil {
 			return fmt.Errorf("revoking key %d: %v", i, err)
 		}
 		t0 = time.Now()

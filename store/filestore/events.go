@@ -35,44 +35,47 @@ func eventBuckets(tx *bolt.Tx, instance string, create bool) (events, idx *bolt.
 
 // AddEvent implements store.Store.
 func (s *Store) AddEvent(_ context.Context, e store.Event) error {
+	return s.db.Update(func(tx *bolt.Tx) error { return s.addEvent(tx, e) })
+}
+
+// addEvent appends e to its instance's trail within tx, dropping the oldest beyond MaxEvents.
+func (s *Store) addEvent(tx *bolt.Tx, e store.Event) error {
 	e.CreatedAt = store.FromMillis(store.Millis(e.CreatedAt))
-	return s.db.Update(func(tx *bolt.Tx) error {
-		events, idx, err := eventBuckets(tx, e.Instance, true)
-		if err != nil {
-			return err
-		}
-		seq, err := events.NextSequence()
-		if err != nil {
-			return err
-		}
-		v, err := json.Marshal(e)
-		if err != nil {
-			return err
-		}
-		if err := events.Put(seqKey(seq), v); err != nil {
-			return err
-		}
-		if err := idx.Put([]byte(e.ID), seqKey(seq)); err != nil {
-			return err
-		}
-		// Keep the newest MaxEvents: sequences are contiguous, so drop those below the line.
-		max := uint64(s.opts.MaxEvents)
-		if seq <= max {
-			return nil
-		}
-		keep := seq - max + 1
-		c := events.Cursor()
-		for k, v := c.First(); k != nil && binary.BigEndian.Uint64(k) < keep; k, v = c.First() {
-			var old store.Event
-			if json.Unmarshal(v, &old) == nil {
-				idx.Delete([]byte(old.ID))
-			}
-			if err := c.Delete(); err != nil {
-				return err
-			}
-		}
+	events, idx, err := eventBuckets(tx, e.Instance, true)
+	if err != nil {
+		return err
+	}
+	seq, err := events.NextSequence()
+	if err != nil {
+		return err
+	}
+	v, err := json.Marshal(e)
+	if err != nil {
+		return err
+	}
+	if err := events.Put(seqKey(seq), v); err != nil {
+		return err
+	}
+	if err := idx.Put([]byte(e.ID), seqKey(seq)); err != nil {
+		return err
+	}
+	// Keep the newest MaxEvents: sequences are contiguous, so drop those below the line.
+	max := uint64(s.opts.MaxEvents)
+	if seq <= max {
 		return nil
-	})
+	}
+	keep := seq - max + 1
+	c := events.Cursor()
+	for k, v := c.First(); k != nil && binary.BigEndian.Uint64(k) < keep; k, v = c.First() {
+		var old store.Event
+		if json.Unmarshal(v, &old) == nil {
+			idx.Delete([]byte(old.ID))
+		}
+		if err := c.Delete(); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // ListEvents implements store.Store.

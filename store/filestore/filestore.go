@@ -101,6 +101,7 @@ type keyRecord struct {
 	ExpiresAt   int64  `json:"expires_at,omitempty"`
 	RevokedAt   int64  `json:"revoked_at,omitempty"`
 	LastUsedAt  int64  `json:"last_used_at,omitempty"`
+	ReplacedBy  string `json:"replaced_by,omitempty"`
 }
 
 // Times are kept in Unix milliseconds, like the Redis store (store.Millis).
@@ -116,6 +117,7 @@ func (r keyRecord) key(instance string) store.Key {
 		ExpiresAt:  fromUnixMilli(r.ExpiresAt),
 		RevokedAt:  fromUnixMilli(r.RevokedAt),
 		LastUsedAt: fromUnixMilli(r.LastUsedAt),
+		ReplacedBy: r.ReplacedBy,
 	}
 	copy(k.Hash[:], r.Hash)
 	return k
@@ -198,37 +200,40 @@ func instanceBuckets(tx *bolt.Tx, instance string) (keys, order *bolt.Bucket, er
 
 // CreateKey implements store.Store.
 func (s *Store) CreateKey(_ context.Context, k store.Key) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
-		keys, order, err := instanceBuckets(tx, k.Instance)
-		if err != nil {
-			return err
-		}
-		if keys.Get([]byte(k.ID)) != nil {
-			return fmt.Errorf("key id %s already exists", k.ID)
-		}
-		hashes := tx.Bucket(bHashes)
-		if hashes.Get(k.Hash[:]) != nil {
-			return errors.New("a key with this hash already exists")
-		}
-		seq, err := order.NextSequence()
-		if err != nil {
-			return err
-		}
-		rec := keyRecord{
-			ID: k.ID, Environment: k.Environment.String(), Name: k.Name, Prefix: k.Prefix,
-			Hash: k.Hash[:], Seq: seq, CreatedAt: unixMilli(k.CreatedAt), ExpiresAt: unixMilli(k.ExpiresAt),
-		}
-		if err := putKey(keys, rec); err != nil {
-			return err
-		}
-		if err := order.Put(seqKey(seq), []byte(k.ID)); err != nil {
-			return err
-		}
-		if err := s.fail("create:listed"); err != nil {
-			return err
-		}
-		return hashes.Put(k.Hash[:], []byte(k.Instance+"/"+k.ID))
-	})
+	return s.db.Update(func(tx *bolt.Tx) error { return s.createKey(tx, k) })
+}
+
+// createKey writes k within tx: the listed record, then the lookup entry.
+func (s *Store) createKey(tx *bolt.Tx, k store.Key) error {
+	keys, order, err := instanceBuckets(tx, k.Instance)
+	if err != nil {
+		return err
+	}
+	if keys.Get([]byte(k.ID)) != nil {
+		return fmt.Errorf("key id %s already exists", k.ID)
+	}
+	hashes := tx.Bucket(bHashes)
+	if hashes.Get(k.Hash[:]) != nil {
+		return errors.New("a key with this hash already exists")
+	}
+	seq, err := order.NextSequence()
+	if err != nil {
+		return err
+	}
+	rec := keyRecord{
+		ID: k.ID, Environment: k.Environment.String(), Name: k.Name, Prefix: k.Prefix,
+		Hash: k.Hash[:], Seq: seq, CreatedAt: unixMilli(k.CreatedAt), ExpiresAt: unixMilli(k.ExpiresAt),
+	}
+	if err := putKey(keys, rec); err != nil {
+		return err
+	}
+	if err := order.Put(seqKey(seq), []byte(k.ID)); err != nil {
+		return err
+	}
+	if err := s.fail("create:listed"); err != nil {
+		return err
+	}
+	return hashes.Put(k.Hash[:], []byte(k.Instance+"/"+k.ID))
 }
 
 func seqKey(seq uint64) []byte {
@@ -344,8 +349,9 @@ func (s *Store) ListKeys(_ context.Context, instance string, opt store.ListOptio
 	return out, more, err
 }
 
-// update applies f to a key record in one transaction and returns the key afterwards.
-func (s *Store) update(instance, id string, f func(*keyRecord) (changed bool, err error)) (k store.Key, changed bool, err error) {
+// update applies f to a key record in one transaction and returns the key afterwards. f may
+// write more in the same transaction (an audit event, a replacement key).
+func (s *Store) update(instance, id string, f func(tx *bolt.Tx, r *keyRecord) (changed bool, err error)) (k store.Key, changed bool, err error) {
 	err = s.db.Update(func(tx *bolt.Tx) error {
 		keys, _, err := instanceBuckets(tx, instance)
 		if err != nil {
@@ -355,7 +361,8 @@ func (s *Store) update(instance, id string, f func(*keyRecord) (changed bool, er
 		if err != nil {
 			return err
 		}
-		if changed, err = f(&rec); err != nil {
+		if changed, err = f(tx, &rec); err != nil {
+			k = rec.key(instance)
 			return err
 		}
 		if changed {
@@ -369,19 +376,71 @@ func (s *Store) update(instance, id string, f func(*keyRecord) (changed bool, er
 	return k, changed, err
 }
 
-// RevokeKey implements store.Store.
-func (s *Store) RevokeKey(_ context.Context, instance, id string, at time.Time) (store.Key, error) {
-	k, _, err := s.update(instance, id, func(r *keyRecord) (bool, error) {
+// RevokeKey implements store.Store: the revocation and its event are one transaction.
+func (s *Store) RevokeKey(_ context.Context, instance, id string, at time.Time, ev *store.Event) (store.Key, bool, error) {
+	if err := store.CheckEvent(ev, instance); err != nil {
+		return store.Key{}, false, err
+	}
+	k, changed, err := s.update(instance, id, func(tx *bolt.Tx, r *keyRecord) (bool, error) {
 		if r.RevokedAt != 0 {
 			return false, nil
 		}
 		r.RevokedAt = unixMilli(at)
-		return true, s.fail("revoke:lookup")
+		if err := s.fail("revoke:lookup"); err != nil {
+			return false, err
+		}
+		if ev != nil {
+			return true, s.addEvent(tx, *ev)
+		}
+		return true, nil
 	})
+	if err != nil {
+		return store.Key{}, false, err
+	}
+	// Also on a repeated revoke: a caller retrying after an error gets the invalidation out.
+	s.Invalidate(k.Hash)
+	return k, changed, nil
+}
+
+// RollKey implements store.Store: the claim of the old key, its new expiry, the replacement
+// and the event are one transaction.
+func (s *Store) RollKey(_ context.Context, instance, id string, next store.Key, oldExpiresAt time.Time, ev *store.Event) (store.Key, error) {
+	if next.Instance != instance {
+		return store.Key{}, fmt.Errorf("%w: replacement of instance %q for a key of %q", store.ErrWrongInstance, next.Instance, instance)
+	}
+	if err := store.CheckEvent(ev, instance); err != nil {
+		return store.Key{}, err
+	}
+	if oldExpiresAt.IsZero() {
+		return store.Key{}, store.ErrNoExpiry
+	}
+	k, _, err := s.update(instance, id, func(tx *bolt.Tx, r *keyRecord) (bool, error) {
+		if err := store.CheckRoll(r.key(instance), next.CreatedAt); err != nil {
+			return false, err
+		}
+		r.ReplacedBy = next.ID
+		if err := s.fail("roll:claimed"); err != nil {
+			return false, err
+		}
+		if r.ExpiresAt == 0 || r.ExpiresAt > unixMilli(oldExpiresAt) {
+			r.ExpiresAt = unixMilli(oldExpiresAt)
+		}
+		// The old record is written by update after this; the replacement goes first so that
+		// its order sequence is taken in the same transaction.
+		if err := s.createKey(tx, next); err != nil {
+			return false, err
+		}
+		if ev != nil {
+			return true, s.addEvent(tx, *ev)
+		}
+		return true, nil
+	})
+	if errors.Is(err, store.ErrNotActive) || errors.Is(err, store.ErrAlreadyRolled) {
+		return k, err
+	}
 	if err != nil {
 		return store.Key{}, err
 	}
-	// Also on a repeated revoke: a caller retrying after an error gets the invalidation out.
 	s.Invalidate(k.Hash)
 	return k, nil
 }
@@ -391,7 +450,7 @@ func (s *Store) ExpireKey(_ context.Context, instance, id string, at time.Time) 
 	if at.IsZero() {
 		return store.Key{}, store.ErrNoExpiry
 	}
-	k, changed, err := s.update(instance, id, func(r *keyRecord) (bool, error) {
+	k, changed, err := s.update(instance, id, func(_ *bolt.Tx, r *keyRecord) (bool, error) {
 		if r.ExpiresAt != 0 && r.ExpiresAt <= unixMilli(at) {
 			return false, nil
 		}
@@ -409,7 +468,7 @@ func (s *Store) ExpireKey(_ context.Context, instance, id string, at time.Time) 
 
 // TouchKey implements store.Store.
 func (s *Store) TouchKey(_ context.Context, instance, id string, at time.Time) error {
-	_, _, err := s.update(instance, id, func(r *keyRecord) (bool, error) {
+	_, _, err := s.update(instance, id, func(_ *bolt.Tx, r *keyRecord) (bool, error) {
 		if r.LastUsedAt >= unixMilli(at) {
 			return false, nil
 		}

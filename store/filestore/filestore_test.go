@@ -48,7 +48,7 @@ func TestDataSurvivesReopen(t *testing.T) {
 		}
 		created = append(created, k)
 	}
-	revoked, err := s.RevokeKey(ctx, in.ID, created[1].ID, now)
+	revoked, _, err := s.RevokeKey(ctx, in.ID, created[1].ID, now, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,30 +18,53 @@ import (
 func (s *Store) kEvents(id string) string    { return s.p + "{i:" + id + "}:events" }
 func (s *Store) kEventData(id string) string { return s.p + "{i:" + id + "}:evdata" }
 
-var addEventScript = redis.NewScript(`
-if redis.call('EXISTS', KEYS[1]) == 0 then return redis.error_reply('NOINSTANCE instance not found') end
-local seq = redis.call('HINCRBY', KEYS[1], 'evseq', 1)
-redis.call('ZADD', KEYS[2], seq, ARGV[1])
-redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
-local excess = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[3])
-if excess > 0 then
-  local old = redis.call('ZRANGE', KEYS[2], 0, excess - 1)
-  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, excess - 1)
-  redis.call('HDEL', KEYS[3], unpack(old))
+// addEventLua defines add_event(inst, events, evdata, id, json, max), which appends an event
+// to an instance's trail and trims it to max; the scripts that record an event in the same
+// step as the change it records (revoke, roll) include it.
+const addEventLua = `
+local function add_event(inst, events, evdata, id, json, max)
+  local seq = redis.call('HINCRBY', inst, 'evseq', 1)
+  redis.call('ZADD', events, seq, id)
+  redis.call('HSET', evdata, id, json)
+  local excess = redis.call('ZCARD', events) - tonumber(max)
+  if excess > 0 then
+    local old = redis.call('ZRANGE', events, 0, excess - 1)
+    redis.call('ZREMRANGEBYRANK', events, 0, excess - 1)
+    redis.call('HDEL', evdata, unpack(old))
+  end
+  return seq
 end
-return seq
+`
+
+var addEventScript = redis.NewScript(addEventLua + `
+if redis.call('EXISTS', KEYS[1]) == 0 then return redis.error_reply('NOINSTANCE instance not found') end
+return add_event(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3])
 `)
 
-// AddEvent implements store.Store: one script on the instance's slot, trimming as it goes.
-func (s *Store) AddEvent(ctx context.Context, e store.Event) error {
+// eventArgs are the keys and arguments of an optional event for the scripts that include
+// add_event: the instance hash, the trail's two keys, then id ("" for none), JSON and the
+// trail's bound.
+func (s *Store) eventArgs(instance string, ev *store.Event) (keys []string, args []any, err error) {
+	keys = []string{s.kInstance(instance), s.kEvents(instance), s.kEventData(instance)}
+	if ev == nil {
+		return keys, []any{"", "", s.opts.MaxEvents}, nil
+	}
+	e := *ev
 	e.CreatedAt = store.FromMillis(store.Millis(e.CreatedAt))
 	v, err := json.Marshal(e)
 	if err != nil {
+		return nil, nil, err
+	}
+	return keys, []any{e.ID, v, s.opts.MaxEvents}, nil
+}
+
+// AddEvent implements store.Store: one script on the instance's slot, trimming as it goes.
+func (s *Store) AddEvent(ctx context.Context, e store.Event) error {
+	keys, args, err := s.eventArgs(e.Instance, &e)
+	if err != nil {
 		return err
 	}
-	err = addEventScript.Run(ctx, s.rdb,
-		[]string{s.kInstance(e.Instance), s.kEvents(e.Instance), s.kEventData(e.Instance)},
-		e.ID, v, s.opts.MaxEvents).Err()
+	err = addEventScript.Run(ctx, s.rdb, keys, args...).Err()
 	if err != nil && strings.HasPrefix(err.Error(), "NOINSTANCE") {
 		return store.ErrInstanceNotFound
 	}

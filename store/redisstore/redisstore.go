@@ -9,7 +9,7 @@
 //	P instances                 SET    instance ids (index)
 //	P {i:<id>}                  HASH   instance: name, env, seq (creation counter)
 //	P {i:<id>}:order            ZSET   key ids scored by creation sequence
-//	P {i:<id>}:k:<key id>       HASH   key record
+//	P {i:<id>}:k:<key id>       HASH   key record (replaced: the id of its roll's replacement)
 //	P h:<hex sha256>            HASH   lookup entry: id, instance, env, exp, rev
 //	P inval                     STREAM invalidations: field h = hex hash ("*" = flush all)
 //
@@ -41,13 +41,14 @@ type Options struct {
 	KeyPrefix string
 	// StreamMaxLen bounds the invalidation stream (approximately). Default 100000.
 	StreamMaxLen int64
-	// WaitReplicas, when above 0, makes CreateInstance, CreateKey, RevokeKey and ExpireKey
-	// (and so a roll) wait, after each of their writes, until that many replicas of the
+	// WaitReplicas, when above 0, makes CreateInstance, CreateKey, RevokeKey, RollKey and
+	// ExpireKey wait, after each of their writes, until that many replicas of the
 	// master that took the write have acknowledged it (WAIT, on the connection that made the
 	// write, to the master that holds the key: on Cluster each write is confirmed by its own
 	// shard's replicas). If fewer acknowledge within WaitTimeout the call fails with
 	// ErrNotReplicated: a create is undone, a revoke or expiry is completed (it is in force on
-	// the master) but reported. TouchKey and AddEvent do not wait.
+	// the master) but reported, and a roll's replacement is undone while the old key's new
+	// expiry stays. TouchKey and AddEvent do not wait.
 	WaitReplicas int
 	// WaitTimeout bounds each WAIT (default 5 s).
 	WaitTimeout time.Duration
@@ -314,7 +315,7 @@ func (s *Store) undoCreate(k store.Key, hexHash string) {
 	s.rdb.Del(ctx, s.kKey(k.Instance, k.ID))
 }
 
-var keyFields = []string{"id", "env", "name", "prefix", "hash", "created", "exp", "rev", "last"}
+var keyFields = []string{"id", "env", "name", "prefix", "hash", "created", "exp", "rev", "last", "replaced"}
 
 func decodeKey(instance string, v []any) (store.Key, bool, error) {
 	if v[0] == nil {
@@ -330,6 +331,7 @@ func decodeKey(instance string, v []any) (store.Key, bool, error) {
 		ID: str(0), Instance: instance, Environment: env, Name: str(2), Prefix: str(3),
 		CreatedAt: store.FromMillis(num(5)), ExpiresAt: store.FromMillis(num(6)),
 		RevokedAt: store.FromMillis(num(7)), LastUsedAt: store.FromMillis(num(8)),
+		ReplacedBy: str(9),
 	}
 	if n, err := hex.Decode(k.Hash[:], []byte(str(4))); err != nil || n != len(k.Hash) {
 		return store.Key{}, false, fmt.Errorf("decoding key %s: bad hash", k.ID)
@@ -445,7 +447,7 @@ func (s *Store) ListKeys(ctx context.Context, instance string, opt store.ListOpt
 }
 
 // setEarliestScript sets a time field of a hash if the hash exists and the field is unset
-// (0) or later than ARGV[2]; it returns the field's value afterwards (” if no hash).
+// (0) or later than ARGV[2]; it returns the field's value afterwards (empty if no hash).
 // Used for revocation (field rev, first time wins) and expiry (field exp, earliest wins).
 var setEarliestScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 then return '' end
@@ -466,10 +468,36 @@ if cur < tonumber(ARGV[2]) then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) en
 return 1
 `)
 
+// revokeScript revokes a listed record at ARGV[1] unless it is revoked already (the first
+// revocation's time stays) and, when this call revoked it and ARGV[2] is an event id, adds
+// the event in the same step. It returns {revoked_at, changed}; with no record, an empty revoked_at.
+var revokeScript = redis.NewScript(addEventLua + `
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'', 0} end
+local cur = redis.call('HGET', KEYS[1], 'rev') or '0'
+if tonumber(cur) ~= 0 then return {cur, 0} end
+redis.call('HSET', KEYS[1], 'rev', ARGV[1])
+if ARGV[2] ~= '' then add_event(KEYS[2], KEYS[3], KEYS[4], ARGV[2], ARGV[3], ARGV[4]) end
+return {ARGV[1], 1}
+`)
+
+// setRevokedScript brings a revoked lookup entry's time in line with its listed record's
+// (two concurrent revokes may have marked it with different times; the record's first one
+// stands). An entry that is not revoked, or gone, is left alone.
+var setRevokedScript = redis.NewScript(`
+if tonumber(redis.call('HGET', KEYS[1], 'rev') or '0') == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'rev', ARGV[1])
+return 1
+`)
+
 // RevokeKey implements store.Store: the lookup entry is marked first (the key stops
-// working), then the listed record, then the invalidation is published.
-func (s *Store) RevokeKey(ctx context.Context, instance, id string, at time.Time) (store.Key, error) {
-	return s.refuse(ctx, instance, id, "rev", at, "revoke:lookup")
+// working), then the listed record together with the event (one script on the instance's
+// slot, which decides which of concurrent revokes revoked the key), then the invalidation
+// is published.
+func (s *Store) RevokeKey(ctx context.Context, instance, id string, at time.Time, ev *store.Event) (store.Key, bool, error) {
+	if err := store.CheckEvent(ev, instance); err != nil {
+		return store.Key{}, false, err
+	}
+	return s.refuse(ctx, instance, id, "rev", at, "revoke:lookup", ev)
 }
 
 // ExpireKey implements store.Store, in the same order as RevokeKey.
@@ -477,13 +505,17 @@ func (s *Store) ExpireKey(ctx context.Context, instance, id string, at time.Time
 	if at.IsZero() {
 		return store.Key{}, store.ErrNoExpiry
 	}
-	return s.refuse(ctx, instance, id, "exp", at, "expire:lookup")
+	k, _, err := s.refuse(ctx, instance, id, "exp", at, "expire:lookup", nil)
+	return k, err
 }
 
-func (s *Store) refuse(ctx context.Context, instance, id, field string, at time.Time, step string) (store.Key, error) {
+// refuse revokes (field rev) or shortens the expiry of (field exp) a key: the lookup entry,
+// then the listed record, then the invalidations. For a revoke it reports whether this call
+// revoked the key.
+func (s *Store) refuse(ctx context.Context, instance, id, field string, at time.Time, step string, ev *store.Event) (store.Key, bool, error) {
 	k, err := s.Key(ctx, instance, id)
 	if err != nil {
-		return store.Key{}, err
+		return store.Key{}, false, err
 	}
 	if field == "rev" && !k.RevokedAt.IsZero() {
 		at = k.RevokedAt // a repeated revoke keeps the first time
@@ -492,58 +524,81 @@ func (s *Store) refuse(ctx context.Context, instance, id, field string, at time.
 	// notReplicated: a write the master took but too few replicas acknowledged. The
 	// refusal is in force on the master, so it goes on to the end, and then reports it.
 	var notReplicated error
-	mark := func(key string) (string, error) {
-		var v string
-		err := s.write(ctx, key, func(c redis.Cmdable) error {
-			var err error
-			v, err = setEarliestScript.Run(ctx, c, []string{key}, field, ms).Text()
-			return err
-		})
+	run := func(key string, do func(c redis.Cmdable) error) error {
+		err := s.write(ctx, key, do)
 		if errors.Is(err, ErrNotReplicated) {
 			notReplicated, err = cmp.Or(notReplicated, err), nil
 		}
+		return err
+	}
+	mark := func(key string) (v string, err error) {
+		err = run(key, func(c redis.Cmdable) error {
+			v, err = setEarliestScript.Run(ctx, c, []string{key}, field, ms).Text()
+			return err
+		})
 		return v, err
 	}
+	lookupMs := ms
 	v, err := mark(s.kLookup(k.Hash))
 	if err != nil {
-		return store.Key{}, err
+		return store.Key{}, false, err
 	}
 	if v != "" {
-		if ms, err = strconv.ParseInt(v, 10, 64); err != nil {
-			return store.Key{}, fmt.Errorf("reading lookup entry of key %s: %v", id, err)
+		if lookupMs, err = strconv.ParseInt(v, 10, 64); err != nil {
+			return store.Key{}, false, fmt.Errorf("reading lookup entry of key %s: %v", id, err)
 		}
 	}
 	// From here on the lookup entry refuses the key: whatever fails next, the caches are
 	// still told, here and (best effort) on the other gateways.
+	changed := false
 	err = s.fail(step)
-	if err == nil {
-		if v, err = mark(s.kKey(instance, id)); err == nil && v == "" {
-			err = store.ErrKeyNotFound
+	if err == nil && field == "rev" {
+		var evKeys []string
+		var evArgs []any
+		if evKeys, evArgs, err = s.eventArgs(instance, ev); err == nil {
+			err = run(s.kKey(instance, id), func(c redis.Cmdable) error {
+				res, err := revokeScript.Run(ctx, c, append([]string{s.kKey(instance, id)}, evKeys...),
+					append([]any{lookupMs}, evArgs...)...).Slice()
+				if err != nil {
+					return err
+				}
+				v, _ = res[0].(string)
+				n, _ := res[1].(int64)
+				changed = n == 1
+				return nil
+			})
 		}
+	} else if err == nil {
+		v, err = mark(s.kKey(instance, id))
+	}
+	if err == nil && v == "" {
+		err = store.ErrKeyNotFound
 	}
 	if err == nil {
 		ms, _ = strconv.ParseInt(v, 10, 64)
 		if field == "rev" {
 			k.RevokedAt = store.FromMillis(ms)
+			if ms != lookupMs { // a concurrent revoke came first with another time
+				err = run(s.kLookup(k.Hash), func(c redis.Cmdable) error {
+					return setRevokedScript.Run(ctx, c, []string{s.kLookup(k.Hash)}, ms).Err()
+				})
+			}
 		} else {
 			k.ExpiresAt = store.FromMillis(ms)
 		}
 	}
 	// Local watchers first: once this returns, this process refuses the key.
 	s.Invalidate(k.Hash)
-	perr := s.write(ctx, s.kStream(), func(c redis.Cmdable) error { return s.publish(ctx, c, k.Hash) })
-	if errors.Is(perr, ErrNotReplicated) {
-		notReplicated, perr = cmp.Or(notReplicated, perr), nil
-	}
+	perr := run(s.kStream(), func(c redis.Cmdable) error { return s.publish(ctx, c, k.Hash) })
 	switch {
 	case err != nil:
-		return store.Key{}, err
+		return store.Key{}, false, err
 	case perr != nil:
-		return store.Key{}, fmt.Errorf("publishing invalidation: %w", perr)
+		return store.Key{}, false, fmt.Errorf("publishing invalidation: %w", perr)
 	case notReplicated != nil:
-		return store.Key{}, notReplicated
+		return store.Key{}, false, notReplicated
 	}
-	return k, nil
+	return k, changed, nil
 }
 
 func (s *Store) publish(ctx context.Context, c redis.Cmdable, h apikey.Hash) error {

@@ -116,7 +116,7 @@ func TestRevocationReachesOtherGateway(t *testing.T) {
 		t.Fatalf("B's LookupHash of A's key = %+v, %v", l, err)
 	}
 	start := time.Now()
-	if _, err := a.s.RevokeKey(ctx, "acme", keys[0].ID, time.Now()); err != nil {
+	if _, _, err := a.s.RevokeKey(ctx, "acme", keys[0].ID, time.Now(), nil); err != nil {
 		t.Fatal(err)
 	}
 	if !a.rec.Invalidated(keys[0].Hash) {
@@ -150,7 +150,7 @@ func TestRevocationReachesOtherGateway(t *testing.T) {
 	}
 	// And the other way round.
 	okeys := makeKeys(t, other.s, 1)
-	if _, err := other.s.RevokeKey(ctx, "acme", okeys[0].ID, time.Now()); err != nil {
+	if _, _, err := other.s.RevokeKey(ctx, "acme", okeys[0].ID, time.Now(), nil); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(300 * time.Millisecond)
@@ -166,7 +166,7 @@ func TestReplayAfterDroppedConnection(t *testing.T) {
 	ctx := context.Background()
 	keys := makeKeys(t, a.s, 3)
 	// Establish B's cursor on a real stream entry.
-	if _, err := a.s.RevokeKey(ctx, "acme", keys[0].ID, time.Now()); err != nil {
+	if _, _, err := a.s.RevokeKey(ctx, "acme", keys[0].ID, time.Now(), nil); err != nil {
 		t.Fatal(err)
 	}
 	if !storetest.WaitFor(time.Second, func() bool { return b.rec.Invalidated(keys[0].Hash) }) {
@@ -177,7 +177,7 @@ func TestReplayAfterDroppedConnection(t *testing.T) {
 
 	killClients(t, srv.Client())
 	// B is reconnecting (it backs off after the error); revoke meanwhile.
-	if _, err := a.s.RevokeKey(ctx, "acme", keys[1].ID, time.Now()); err != nil {
+	if _, _, err := a.s.RevokeKey(ctx, "acme", keys[1].ID, time.Now(), nil); err != nil {
 		t.Fatalf("RevokeKey through A after the kill: %v", err)
 	}
 	if !storetest.WaitFor(2*time.Second, func() bool {
@@ -194,7 +194,7 @@ func TestReplayAfterDroppedConnection(t *testing.T) {
 	t.Logf("B's health history: %v (from %d)", b.rec.HealthHistory(), mark)
 
 	// After that, invalidations flow as before.
-	if _, err := a.s.RevokeKey(ctx, "acme", keys[2].ID, time.Now()); err != nil {
+	if _, _, err := a.s.RevokeKey(ctx, "acme", keys[2].ID, time.Now(), nil); err != nil {
 		t.Fatal(err)
 	}
 	if !storetest.WaitFor(time.Second, func() bool { return b.rec.Invalidated(keys[2].Hash) }) {
@@ -208,7 +208,7 @@ func TestFlushWhenStreamLost(t *testing.T) {
 	b := newGateway(t, srv, "")
 	ctx := context.Background()
 	keys := makeKeys(t, a.s, 3)
-	if _, err := a.s.RevokeKey(ctx, "acme", keys[0].ID, time.Now()); err != nil {
+	if _, _, err := a.s.RevokeKey(ctx, "acme", keys[0].ID, time.Now(), nil); err != nil {
 		t.Fatal(err)
 	}
 	if !storetest.WaitFor(time.Second, func() bool { return b.rec.Invalidated(keys[0].Hash) }) {
@@ -218,7 +218,7 @@ func TestFlushWhenStreamLost(t *testing.T) {
 
 	// The stream is lost while B is disconnected, then recreated by the next publish.
 	killClients(t, srv.Client(), []any{"DEL", "nora:inval"})
-	if _, err := a.s.RevokeKey(ctx, "acme", keys[1].ID, time.Now()); err != nil {
+	if _, _, err := a.s.RevokeKey(ctx, "acme", keys[1].ID, time.Now(), nil); err != nil {
 		t.Fatalf("RevokeKey through A after the kill: %v", err)
 	}
 	if !storetest.WaitFor(2*time.Second, func() bool {
@@ -230,7 +230,7 @@ func TestFlushWhenStreamLost(t *testing.T) {
 	if !storetest.WaitFor(5*time.Second, b.rec.Healthy) {
 		t.Fatal("B not healthy again")
 	}
-	if _, err := a.s.RevokeKey(ctx, "acme", keys[2].ID, time.Now()); err != nil {
+	if _, _, err := a.s.RevokeKey(ctx, "acme", keys[2].ID, time.Now(), nil); err != nil {
 		t.Fatal(err)
 	}
 	if !storetest.WaitFor(time.Second, func() bool { return b.rec.Invalidated(keys[2].Hash) }) {
@@ -246,7 +246,7 @@ func TestFlushWhenStreamIDsGoBack(t *testing.T) {
 	b := newGateway(t, srv, "")
 	ctx := context.Background()
 	keys := makeKeys(t, a.s, 2)
-	if _, err := a.s.RevokeKey(ctx, "acme", keys[0].ID, time.Now()); err != nil {
+	if _, _, err := a.s.RevokeKey(ctx, "acme", keys[0].ID, time.Now(), nil); err != nil {
 		t.Fatal(err)
 	}
 	if !storetest.WaitFor(time.Second, func() bool { return b.rec.Invalidated(keys[0].Hash) }) {
@@ -257,7 +257,7 @@ func TestFlushWhenStreamIDsGoBack(t *testing.T) {
 	if !storetest.WaitFor(2*time.Second, func() bool { return b.rec.Flushes() > flushes }) {
 		t.Fatalf("B did not flush within 2 s after the stream was recreated with lower ids")
 	}
-	if _, err := a.s.RevokeKey(ctx, "acme", keys[1].ID, time.Now()); err != nil {
+	if _, _, err := a.s.RevokeKey(ctx, "acme", keys[1].ID, time.Now(), nil); err != nil {
 		t.Fatal(err)
 	}
 	if !storetest.WaitFor(time.Second, func() bool { return b.rec.Invalidated(keys[1].Hash) }) {
@@ -272,7 +272,7 @@ func TestFlushWhenStreamTrimmedPastCursor(t *testing.T) {
 	b := newGateway(t, srv, "")
 	ctx := context.Background()
 	keys := makeKeys(t, a.s, 2)
-	if _, err := a.s.RevokeKey(ctx, "acme", keys[0].ID, time.Now()); err != nil {
+	if _, _, err := a.s.RevokeKey(ctx, "acme", keys[0].ID, time.Now(), nil); err != nil {
 		t.Fatal(err)
 	}
 	if !storetest.WaitFor(time.Second, func() bool { return b.rec.Invalidated(keys[0].Hash) }) {
@@ -288,7 +288,7 @@ func TestFlushWhenStreamTrimmedPastCursor(t *testing.T) {
 	if !storetest.WaitFor(2*time.Second, func() bool { return b.rec.Flushes() > flushes }) {
 		t.Fatalf("B did not flush within 2 s after the stream was trimmed past its cursor")
 	}
-	if _, err := a.s.RevokeKey(ctx, "acme", keys[1].ID, time.Now()); err != nil {
+	if _, _, err := a.s.RevokeKey(ctx, "acme", keys[1].ID, time.Now(), nil); err != nil {
 		t.Fatal(err)
 	}
 	if !storetest.WaitFor(time.Second, func() bool { return b.rec.Invalidated(keys[1].Hash) }) {
@@ -340,7 +340,7 @@ func TestObserveLag(t *testing.T) {
 		t.Fatal("listener never became healthy")
 	}
 	keys := makeKeys(t, a.s, 1)
-	if _, err := a.s.RevokeKey(context.Background(), "acme", keys[0].ID, time.Now()); err != nil {
+	if _, _, err := a.s.RevokeKey(context.Background(), "acme", keys[0].ID, time.Now(), nil); err != nil {
 		t.Fatal(err)
 	}
 	select {

@@ -132,7 +132,7 @@ func TestClusterRevocationReachesOtherGateway(t *testing.T) {
 	for i, k := range keys {
 		from := gws[i%len(gws)]
 		start := time.Now()
-		if _, err := from.s.RevokeKey(context.Background(), "acme", k.ID, time.Now()); err != nil {
+		if _, _, err := from.s.RevokeKey(context.Background(), "acme", k.ID, time.Now(), nil); err != nil {
 			t.Fatal(err)
 		}
 		for j, g := range gws {
@@ -179,7 +179,7 @@ func TestWaitReplicasSentinel(t *testing.T) {
 			t.Fatalf("the replica holds %d of the key's 2 records right after CreateKey (%v)", n, err)
 		}
 	}
-	if _, err := s.RevokeKey(ctx, "acme", keys[0].ID, time.Now()); err != nil {
+	if _, _, err := s.RevokeKey(ctx, "acme", keys[0].ID, time.Now(), nil); err != nil {
 		t.Fatal(err)
 	}
 	if rev, err := replica.HGet(ctx, s.kLookup(keys[0].Hash), "rev").Result(); err != nil || rev == "0" {
@@ -244,7 +244,7 @@ func TestWaitReplicasSentinel(t *testing.T) {
 	}
 	rec := &storetest.Recorder{}
 	defer s.Subscribe(rec)()
-	_, err := s.RevokeKey(ctx, "acme", keys[1].ID, time.Now())
+	_, _, err := s.RevokeKey(ctx, "acme", keys[1].ID, time.Now(), nil)
 	if !errors.Is(err, ErrNotReplicated) {
 		t.Errorf("RevokeKey with the replica hung: %v, want ErrNotReplicated", err)
 	}
@@ -259,7 +259,7 @@ func TestWaitReplicasSentinel(t *testing.T) {
 		t.Errorf("the unconfirmed revoke did not invalidate")
 	}
 	sn.Replica.Cont()
-	if _, err := s.RevokeKey(ctx, "acme", keys[1].ID, time.Now()); err != nil {
+	if _, _, err := s.RevokeKey(ctx, "acme", keys[1].ID, time.Now(), nil); err != nil {
 		t.Errorf("revoke again with the replica back: %v", err)
 	}
 	h.verify(t)
@@ -333,7 +333,7 @@ func TestWaitReplicasCluster(t *testing.T) {
 	if _, err := s.LookupHash(ctx, k.Hash); !errors.Is(err, store.ErrKeyNotFound) {
 		t.Errorf("the unreplicated create left a working key: %v", err)
 	}
-	if _, err := s.RevokeKey(ctx, hot, hotKey.ID, time.Now()); !errors.Is(err, ErrNotReplicated) {
+	if _, _, err := s.RevokeKey(ctx, hot, hotKey.ID, time.Now(), nil); !errors.Is(err, ErrNotReplicated) {
 		t.Errorf("RevokeKey whose record is on the hung shard: %v, want ErrNotReplicated", err)
 	}
 	if l, err := s.LookupHash(ctx, hotKey.Hash); err != nil || l.RevokedAt.IsZero() {
@@ -346,7 +346,7 @@ func TestWaitReplicasCluster(t *testing.T) {
 			t.Errorf("CreateKey with every write on healthy shards: %v", err)
 		}
 	}
-	if _, err := s.RevokeKey(ctx, cold, coldKey.ID, time.Now()); err != nil {
+	if _, _, err := s.RevokeKey(ctx, cold, coldKey.ID, time.Now(), nil); err != nil {
 		t.Errorf("RevokeKey with every write on healthy shards: %v", err)
 	}
 	h.verify(t)

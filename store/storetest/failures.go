@@ -68,7 +68,8 @@ func testFailedRevoke(x *suite) {
 
 	t1 := x.now.Add(time.Minute)
 	x.fp.Fail(StepRevokeLookup)
-	_, err := x.s.RevokeKey(x.ctx, in.ID, k.ID, t1)
+	failed := x.event(store.EventKeyRevoked, in.ID, k.ID, "")
+	_, _, err := x.s.RevokeKey(x.ctx, in.ID, k.ID, t1, &failed)
 	x.fp.Fail("")
 	if x.fp.Seen(StepRevokeLookup) == 0 {
 		t.Fatalf("the store never reached fail point %q", StepRevokeLookup)
@@ -77,12 +78,19 @@ func testFailedRevoke(x *suite) {
 		t.Fatalf("RevokeKey succeeded although fail point %q failed", StepRevokeLookup)
 	}
 	check("after the failed revoke")
+	if evs := x.events(in.ID); len(evs) != 0 {
+		t.Errorf("the failed revoke recorded %+v", evs)
+	}
 
-	// A retry succeeds and the listed record and lookup entry agree.
+	// A retry succeeds and the listed record and lookup entry agree; it records its event.
 	t2 := x.now.Add(2 * time.Minute)
-	got, err := x.s.RevokeKey(x.ctx, in.ID, k.ID, t2)
-	if err != nil {
-		t.Fatalf("retried RevokeKey: %v", err)
+	retry := x.event(store.EventKeyRevoked, in.ID, k.ID, "")
+	got, changed, err := x.s.RevokeKey(x.ctx, in.ID, k.ID, t2, &retry)
+	if err != nil || !changed {
+		t.Fatalf("retried RevokeKey = changed %v, %v; want changed", changed, err)
+	}
+	if evs := x.events(in.ID); len(evs) != 1 || evs[0].ID != retry.ID {
+		t.Errorf("events after the retried revoke = %+v, want only %s", evs, retry.ID)
 	}
 	if got.Status(x.now) != store.StatusRevoked {
 		t.Fatalf("retried RevokeKey returned status %s", got.Status(x.now))
@@ -98,8 +106,47 @@ func testFailedRevoke(x *suite) {
 		t.Errorf("RevokedAt %v is neither the failed nor the retried revoke's time", l.RevokedAt)
 	}
 	// And a third revoke keeps that time.
-	again, err := x.s.RevokeKey(x.ctx, in.ID, k.ID, x.now.Add(time.Hour))
+	again, _, err := x.s.RevokeKey(x.ctx, in.ID, k.ID, x.now.Add(time.Hour), nil)
 	if err != nil || !again.RevokedAt.Equal(l.RevokedAt) {
 		t.Errorf("third RevokeKey = %v, %v; want RevokedAt %v", again.RevokedAt, err, l.RevokedAt)
+	}
+}
+
+func testFailedRoll(x *suite) {
+	t := x.t
+	in := x.instance("acme", apikey.Production)
+	old := x.key(in, "old", x.now)
+
+	x.fp.Fail(StepRollClaimed)
+	next, _ := NewKey(t, in.ID, in.Environment, old.Name, x.now)
+	ev := x.event(store.EventKeyRolled, in.ID, old.ID, next.ID)
+	_, err := x.s.RollKey(x.ctx, in.ID, old.ID, next, x.now.Add(time.Hour), &ev)
+	x.fp.Fail("")
+	if x.fp.Seen(StepRollClaimed) == 0 {
+		t.Fatalf("the store never reached fail point %q", StepRollClaimed)
+	}
+	if err == nil {
+		t.Fatalf("RollKey succeeded although fail point %q failed", StepRollClaimed)
+	}
+	// The claim is undone: the old key is as it was, works, and can be rolled again; the
+	// replacement is nowhere and no event says it was made.
+	x.rollLeftNothing(in.ID, old, old, next)
+	if l := x.lookup(old.Hash); l.Status(x.now) != store.StatusActive || !l.ExpiresAt.IsZero() {
+		t.Errorf("old key's lookup after a failed roll = %+v, want active, never expiring", l)
+	}
+	if evs := x.events(in.ID); len(evs) != 0 {
+		t.Errorf("the failed roll recorded %+v", evs)
+	}
+
+	retry, _ := NewKey(t, in.ID, in.Environment, old.Name, x.now)
+	ev2 := x.event(store.EventKeyRolled, in.ID, old.ID, retry.ID)
+	if _, err := x.s.RollKey(x.ctx, in.ID, old.ID, retry, x.now.Add(time.Hour), &ev2); err != nil {
+		t.Fatalf("RollKey after a failed roll: %v", err)
+	}
+	if l := x.lookup(retry.Hash); l.ID != retry.ID {
+		t.Errorf("the retried roll's replacement lookup = %+v", l)
+	}
+	if evs := x.events(in.ID); len(evs) != 1 || evs[0].ID != ev2.ID {
+		t.Errorf("events after the retried roll = %+v, want only %s", evs, ev2.ID)
 	}
 }

@@ -256,3 +256,50 @@ func wantErr(t *testing.T, what string, err, want error) {
 		t.Errorf("%s: error %v, want %v", what, err, want)
 	}
 }
+
+// event returns an audit event of the instance's trail as the admin endpoint makes one: a
+// fresh id, the actor, the suite's time.
+func (x *suite) event(typ, instance, keyID, newKeyID string) store.Event {
+	x.t.Helper()
+	id, err := apikey.NewID("evt_", 24)
+	if err != nil {
+		x.t.Fatal(err)
+	}
+	return store.Event{ID: id, Type: typ, Instance: instance, KeyID: keyID, NewKeyID: newKeyID, Actor: "storetest", CreatedAt: x.now}
+}
+
+// stored is e as a store returns it (its time truncated to the millisecond, in UTC).
+func (x *suite) stored(e store.Event) store.Event {
+	e.CreatedAt = ms(e.CreatedAt)
+	return e
+}
+
+// events returns an instance's whole audit trail, newest first.
+func (x *suite) events(instance string) []store.Event {
+	x.t.Helper()
+	var out []store.Event
+	for cursor, more := "", true; more; {
+		var page []store.Event
+		var err error
+		page, more, err = x.s.ListEvents(x.ctx, instance, store.ListOptions{Limit: 1000, StartingAfter: cursor})
+		if err != nil {
+			x.t.Fatalf("ListEvents(%s): %v", instance, err)
+		}
+		out = append(out, page...)
+		if len(page) > 0 {
+			cursor = page[len(page)-1].ID
+		}
+	}
+	return out
+}
+
+// eventsOf returns the events of the trail with this type and key id.
+func eventsOf(evs []store.Event, typ, keyID string) []store.Event {
+	var out []store.Event
+	for _, e := range evs {
+		if e.Type == typ && e.KeyID == keyID {
+			out = append(out, e)
+		}
+	}
+	return out
+}

@@ -21,7 +21,7 @@ func testInvalidations(x *suite) {
 		t.Fatalf("watcher not told SetHealthy(true) within 5 s; history %v", rec.HealthHistory())
 	}
 
-	if _, err := x.s.RevokeKey(x.ctx, in.ID, ks[0].ID, x.now); err != nil {
+	if _, _, err := x.s.RevokeKey(x.ctx, in.ID, ks[0].ID, x.now, nil); err != nil {
 		t.Fatal(err)
 	}
 	if !rec.Invalidated(ks[0].Hash) {
@@ -54,7 +54,7 @@ func testInvalidations(x *suite) {
 	rec2 := &Recorder{}
 	unsubscribe2 := x.s.Subscribe(rec2)
 	defer unsubscribe2()
-	if _, err := x.s.RevokeKey(x.ctx, in.ID, ks[3].ID, x.now); err != nil {
+	if _, _, err := x.s.RevokeKey(x.ctx, in.ID, ks[3].ID, x.now, nil); err != nil {
 		t.Fatal(err)
 	}
 	if !rec.Invalidated(ks[3].Hash) || !rec2.Invalidated(ks[3].Hash) {
@@ -66,7 +66,7 @@ func testInvalidations(x *suite) {
 	unsubscribe() // harmless twice
 	time.Sleep(100 * time.Millisecond)
 	before := rec.Events()
-	if _, err := x.s.RevokeKey(x.ctx, in.ID, ks[4].ID, x.now); err != nil {
+	if _, _, err := x.s.RevokeKey(x.ctx, in.ID, ks[4].ID, x.now, nil); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := x.s.ExpireKey(x.ctx, in.ID, ks[5].ID, x.now); err != nil {

@@ -134,7 +134,7 @@ func testListStatus(x *suite) {
 			t.Fatalf("CreateKey: %v", err)
 		}
 		if sp.revoke {
-			if _, err := x.s.RevokeKey(x.ctx, in.ID, k.ID, now.Add(-time.Second)); err != nil {
+			if _, _, err := x.s.RevokeKey(x.ctx, in.ID, k.ID, now.Add(-time.Second), nil); err != nil {
 				t.Fatalf("RevokeKey: %v", err)
 			}
 		}

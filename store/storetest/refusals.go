@@ -16,9 +16,10 @@ func testRevoke(x *suite) {
 	k := x.key(in, "k", x.now)
 	other := x.key(in, "other", x.now)
 	t1 := x.now.Add(time.Hour + 345678)
-	got, err := x.s.RevokeKey(x.ctx, in.ID, k.ID, t1)
-	if err != nil {
-		t.Fatalf("RevokeKey: %v", err)
+	ev := x.event(store.EventKeyRevoked, in.ID, k.ID, "")
+	got, changed, err := x.s.RevokeKey(x.ctx, in.ID, k.ID, t1, &ev)
+	if err != nil || !changed {
+		t.Fatalf("RevokeKey = changed %v, %v; want changed", changed, err)
 	}
 	want := k
 	want.RevokedAt = t1
@@ -37,15 +38,25 @@ func testRevoke(x *suite) {
 		t.Errorf("revoked keys listed = %v, %v; want [%s]", ids(keys), err, k.ID)
 	}
 
-	// Again, later or earlier: nothing changes, the first RevokedAt is returned.
+	if evs := x.events(in.ID); len(evs) != 1 || evs[0] != x.stored(ev) {
+		t.Errorf("events after a revoke = %+v, want [%+v]", evs, x.stored(ev))
+	}
+
+	// Again, later or earlier: nothing changes, the first RevokedAt is returned, no event
+	// is recorded.
 	for _, at := range []time.Time{t1.Add(time.Hour), t1.Add(-time.Hour)} {
-		again, err := x.s.RevokeKey(x.ctx, in.ID, k.ID, at)
-		if err != nil {
-			t.Fatalf("second RevokeKey: %v", err)
+		ev2 := x.event(store.EventKeyRevoked, in.ID, k.ID, "")
+		again, changed, err := x.s.RevokeKey(x.ctx, in.ID, k.ID, at, &ev2)
+		if err != nil || changed {
+			t.Fatalf("second RevokeKey = changed %v, %v; want unchanged", changed, err)
 		}
 		checkKey(t, again, want)
 		checkKey(t, x.get(in.ID, k.ID), want)
 		sameTime(t, "Lookup.RevokedAt after a second revoke", x.lookup(k.Hash).RevokedAt, t1)
+	}
+
+	if evs := x.events(in.ID); len(evs) != 1 {
+		t.Errorf("repeated revokes recorded events: %+v", evs)
 	}
 
 	// The other key is untouched.
@@ -54,16 +65,24 @@ func testRevoke(x *suite) {
 		t.Errorf("other key's lookup revoked: %+v", l)
 	}
 
-	_, err = x.s.RevokeKey(x.ctx, in.ID, "key_missing", t1)
+	_, _, err = x.s.RevokeKey(x.ctx, in.ID, "key_missing", t1, nil)
 	wantErr(t, "RevokeKey(unknown id)", err, store.ErrKeyNotFound)
 	b := x.instance("b", apikey.Production)
-	_, err = x.s.RevokeKey(x.ctx, b.ID, other.ID, t1)
+	_, _, err = x.s.RevokeKey(x.ctx, b.ID, other.ID, t1, nil)
 	wantErr(t, "RevokeKey(id of another instance)", err, store.ErrKeyNotFound)
 	if l := x.lookup(other.Hash); !l.RevokedAt.IsZero() {
 		t.Errorf("revoking through another instance revoked the key: %+v", l)
 	}
-	_, err = x.s.RevokeKey(x.ctx, "missing", other.ID, t1)
+	_, _, err = x.s.RevokeKey(x.ctx, "missing", other.ID, t1, nil)
 	wantErr(t, "RevokeKey(missing instance)", err, store.ErrInstanceNotFound)
+	// An event for another instance's trail: refused, nothing revoked.
+	stray := x.event(store.EventKeyRevoked, b.ID, other.ID, "")
+	_, _, err = x.s.RevokeKey(x.ctx, in.ID, other.ID, t1, &stray)
+	wantErr(t, "RevokeKey with another instance's event", err, store.ErrWrongInstance)
+	checkKey(t, x.get(in.ID, other.ID), other)
+	if evs := x.events(b.ID); len(evs) != 0 {
+		t.Errorf("a refused revoke recorded %+v", evs)
+	}
 }
 
 func testExpire(x *suite) {

@@ -1,6 +1,6 @@
 // Package storetest is the contract test suite that every store.Store implementation passes
-// (both stores must behave alike, see docs/design.md). A store's own tests call Run with a
-// function that opens a fresh, empty store:
+// (the gateway and the admin endpoint must not be able to tell which store they run on). A
+// store's own tests call Run with a function that opens a fresh, empty store:
 //
 //	func TestContract(t *testing.T) {
 //		storetest.Run(t, func(t *testing.T, fp func(string) error) store.Store {
@@ -51,11 +51,16 @@ func Run(t *testing.T, open func(t *testing.T, failPoint func(step string) error
 		{"RevokeKeyIsIdempotent", testRevoke},
 		{"ExpireKeyOnlyMovesEarlier", testExpire},
 		{"RollCreatesNewKeyAndExpiresOld", testRoll},
+		{"RollRefusesRevokedAndExpiredKeys", testRollRefusesInactive},
 		{"TouchKeyNeverMovesBack", testTouch},
 		{"InvalidationsBeforeReturnAndUnsubscribe", testInvalidations},
 		{"ConcurrentCreatesLoseNothing", testConcurrentCreates},
 		{"FailedCreateLeavesNoWorkingKey", testFailedCreate},
 		{"FailedRevokeNeverListedRevokedButWorking", testFailedRevoke},
+		{"FailedRollLeavesNoReplacementAndOldKeyRollable", testFailedRoll},
+		{"ConcurrentRollsMakeOneReplacementAndOneEvent", testConcurrentRolls},
+		{"ConcurrentRevokesAgreeAndRecordOneEvent", testConcurrentRevokes},
+		{"RevokeRacingRollNeverLeavesAStrayReplacement", testRevokeRacingRoll},
 		{"EventsNewestFirstPagedAndBounded", testEvents},
 	}
 	for _, tc := range tests {
@@ -67,11 +72,13 @@ func Run(t *testing.T, open func(t *testing.T, failPoint func(step string) error
 }
 
 // The fail points every store calls (Options.FailPoint): after a create wrote the listed
-// record and before the lookup entry, and after a revoke marked the lookup entry and before
-// the listed record.
+// record and before the lookup entry, after a revoke marked the lookup entry and before the
+// listed record, and after a roll claimed the old key (and listed the replacement) and
+// before the replacement's lookup entry.
 const (
 	StepCreateListed = "create:listed"
 	StepRevokeLookup = "revoke:lookup"
+	StepRollClaimed  = "roll:claimed"
 )
 
 // errInjected is what the switchable fail point returns.
