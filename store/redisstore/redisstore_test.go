@@ -11,6 +11,7 @@ import (
 
 	"github.com/keygate/keygate/apikey"
 	"github.com/keygate/keygate/internal/redistest"
+	"github.com/keygate/keygate/internal/testutil"
 	"github.com/keygate/keygate/store"
 	"github.com/keygate/keygate/store/storetest"
 )
@@ -43,9 +44,7 @@ func newGateway(t *testing.T, srv *redistest.Server, prefix string) gateway {
 	t.Helper()
 	g := gateway{s: open(t, srv, Options{KeyPrefix: prefix}), rec: &storetest.Recorder{}}
 	t.Cleanup(g.s.Subscribe(g.rec))
-	if !storetest.WaitFor(5*time.Second, g.rec.Healthy) {
-		t.Fatalf("store (prefix %q) not healthy within 5 s; history %v", prefix, g.rec.HealthHistory())
-	}
+	testutil.WaitFor(t, 5*time.Second, "the store to be healthy", g.rec.Healthy)
 	return g
 }
 
@@ -122,9 +121,7 @@ func TestRevocationReachesOtherGateway(t *testing.T) {
 	if !a.rec.Invalidated(keys[0].Hash) {
 		t.Errorf("A's own watcher not invalidated before RevokeKey returned")
 	}
-	if !storetest.WaitFor(time.Second, func() bool { return b.rec.Invalidated(keys[0].Hash) }) {
-		t.Fatalf("revocation through A did not reach B within 1 s")
-	}
+	testutil.WaitEvery(t, time.Second, 2*time.Millisecond, "the revocation through A to reach B", func() bool { return b.rec.Invalidated(keys[0].Hash) })
 	t.Logf("revocation reached B in %v", time.Since(start))
 	if l, err := b.s.LookupHash(ctx, keys[0].Hash); err != nil || l.RevokedAt.IsZero() {
 		t.Errorf("B's LookupHash after the revoke = %+v, %v", l, err)
@@ -133,9 +130,7 @@ func TestRevocationReachesOtherGateway(t *testing.T) {
 	if _, err := a.s.ExpireKey(ctx, "acme", keys[1].ID, time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	if !storetest.WaitFor(time.Second, func() bool { return b.rec.Invalidated(keys[1].Hash) }) {
-		t.Fatalf("expiry through A did not reach B within 1 s")
-	}
+	testutil.WaitFor(t, time.Second, "the expiry through A to reach B", func() bool { return b.rec.Invalidated(keys[1].Hash) })
 
 	// key_prefix isolation: a deployment with another prefix hears nothing and sees nothing.
 	time.Sleep(300 * time.Millisecond)
@@ -169,9 +164,7 @@ func TestReplayAfterDroppedConnection(t *testing.T) {
 	if _, _, err := a.s.RevokeKey(ctx, "acme", keys[0].ID, time.Now(), nil); err != nil {
 		t.Fatal(err)
 	}
-	if !storetest.WaitFor(time.Second, func() bool { return b.rec.Invalidated(keys[0].Hash) }) {
-		t.Fatal("first revocation did not reach B")
-	}
+	testutil.WaitFor(t, time.Second, "the first revocation to reach B", func() bool { return b.rec.Invalidated(keys[0].Hash) })
 	mark := len(b.rec.HealthHistory())
 	flushes := b.rec.Flushes()
 
@@ -180,26 +173,20 @@ func TestReplayAfterDroppedConnection(t *testing.T) {
 	if _, _, err := a.s.RevokeKey(ctx, "acme", keys[1].ID, time.Now(), nil); err != nil {
 		t.Fatalf("RevokeKey through A after the kill: %v", err)
 	}
-	if !storetest.WaitFor(2*time.Second, func() bool {
+	testutil.WaitFor(t, 2*time.Second, "B to replay the missed invalidation or flush", func() bool {
 		return b.rec.Invalidated(keys[1].Hash) || b.rec.Flushes() > flushes
-	}) {
-		t.Fatalf("B neither replayed the missed invalidation nor flushed within 2 s")
-	}
+	})
 	if !b.rec.Invalidated(keys[1].Hash) {
 		t.Errorf("B flushed instead of replaying, although the stream still held the entry")
 	}
-	if !storetest.WaitFor(5*time.Second, func() bool { return sawFalseThenTrue(b.rec.HealthHistory(), mark) }) {
-		t.Errorf("B's health after the dropped connection: %v, want false then true", b.rec.HealthHistory()[mark:])
-	}
+	testutil.WaitFor(t, 5*time.Second, "B's health to turn false, then true, after the dropped connection", func() bool { return sawFalseThenTrue(b.rec.HealthHistory(), mark) })
 	t.Logf("B's health history: %v (from %d)", b.rec.HealthHistory(), mark)
 
 	// After that, invalidations flow as before.
 	if _, _, err := a.s.RevokeKey(ctx, "acme", keys[2].ID, time.Now(), nil); err != nil {
 		t.Fatal(err)
 	}
-	if !storetest.WaitFor(time.Second, func() bool { return b.rec.Invalidated(keys[2].Hash) }) {
-		t.Fatal("revocation after the reconnect did not reach B within 1 s")
-	}
+	testutil.WaitFor(t, time.Second, "the revocation after the reconnect to reach B", func() bool { return b.rec.Invalidated(keys[2].Hash) })
 }
 
 func TestFlushWhenStreamLost(t *testing.T) {
@@ -211,9 +198,7 @@ func TestFlushWhenStreamLost(t *testing.T) {
 	if _, _, err := a.s.RevokeKey(ctx, "acme", keys[0].ID, time.Now(), nil); err != nil {
 		t.Fatal(err)
 	}
-	if !storetest.WaitFor(time.Second, func() bool { return b.rec.Invalidated(keys[0].Hash) }) {
-		t.Fatal("first revocation did not reach B")
-	}
+	testutil.WaitFor(t, time.Second, "the first revocation to reach B", func() bool { return b.rec.Invalidated(keys[0].Hash) })
 	flushes := b.rec.Flushes()
 
 	// The stream is lost while B is disconnected, then recreated by the next publish.
@@ -221,21 +206,15 @@ func TestFlushWhenStreamLost(t *testing.T) {
 	if _, _, err := a.s.RevokeKey(ctx, "acme", keys[1].ID, time.Now(), nil); err != nil {
 		t.Fatalf("RevokeKey through A after the kill: %v", err)
 	}
-	if !storetest.WaitFor(2*time.Second, func() bool {
+	testutil.WaitFor(t, 2*time.Second, "B to flush or get the invalidation after the stream was lost", func() bool {
 		return b.rec.Flushes() > flushes || b.rec.Invalidated(keys[1].Hash)
-	}) {
-		t.Fatalf("B neither flushed nor got the invalidation within 2 s after the stream was lost")
-	}
+	})
 	t.Logf("B: %d flushes, invalidated: %v", b.rec.Flushes()-flushes, b.rec.Invalidated(keys[1].Hash))
-	if !storetest.WaitFor(5*time.Second, b.rec.Healthy) {
-		t.Fatal("B not healthy again")
-	}
+	testutil.WaitFor(t, 5*time.Second, "B to be healthy again", b.rec.Healthy)
 	if _, _, err := a.s.RevokeKey(ctx, "acme", keys[2].ID, time.Now(), nil); err != nil {
 		t.Fatal(err)
 	}
-	if !storetest.WaitFor(time.Second, func() bool { return b.rec.Invalidated(keys[2].Hash) }) {
-		t.Fatal("revocation after the stream was recreated did not reach B within 1 s")
-	}
+	testutil.WaitFor(t, time.Second, "the revocation after the stream was recreated to reach B", func() bool { return b.rec.Invalidated(keys[2].Hash) })
 }
 
 // A stream recreated with ids lower than B's cursor (Redis lost it and someone wrote again):
@@ -249,20 +228,14 @@ func TestFlushWhenStreamIDsGoBack(t *testing.T) {
 	if _, _, err := a.s.RevokeKey(ctx, "acme", keys[0].ID, time.Now(), nil); err != nil {
 		t.Fatal(err)
 	}
-	if !storetest.WaitFor(time.Second, func() bool { return b.rec.Invalidated(keys[0].Hash) }) {
-		t.Fatal("first revocation did not reach B")
-	}
+	testutil.WaitFor(t, time.Second, "the first revocation to reach B", func() bool { return b.rec.Invalidated(keys[0].Hash) })
 	flushes := b.rec.Flushes()
 	killClients(t, srv.Client(), []any{"DEL", "nora:inval"}, []any{"XADD", "nora:inval", "1-1", "h", "junk"})
-	if !storetest.WaitFor(2*time.Second, func() bool { return b.rec.Flushes() > flushes }) {
-		t.Fatalf("B did not flush within 2 s after the stream was recreated with lower ids")
-	}
+	testutil.WaitFor(t, 2*time.Second, "B to flush after the stream was recreated with lower ids", func() bool { return b.rec.Flushes() > flushes })
 	if _, _, err := a.s.RevokeKey(ctx, "acme", keys[1].ID, time.Now(), nil); err != nil {
 		t.Fatal(err)
 	}
-	if !storetest.WaitFor(time.Second, func() bool { return b.rec.Invalidated(keys[1].Hash) }) {
-		t.Fatal("revocation after the stream was recreated did not reach B within 1 s")
-	}
+	testutil.WaitFor(t, time.Second, "the revocation after the stream was recreated to reach B", func() bool { return b.rec.Invalidated(keys[1].Hash) })
 }
 
 // A stream trimmed past B's cursor while B was away: B must flush.
@@ -275,9 +248,7 @@ func TestFlushWhenStreamTrimmedPastCursor(t *testing.T) {
 	if _, _, err := a.s.RevokeKey(ctx, "acme", keys[0].ID, time.Now(), nil); err != nil {
 		t.Fatal(err)
 	}
-	if !storetest.WaitFor(time.Second, func() bool { return b.rec.Invalidated(keys[0].Hash) }) {
-		t.Fatal("first revocation did not reach B")
-	}
+	testutil.WaitFor(t, time.Second, "the first revocation to reach B", func() bool { return b.rec.Invalidated(keys[0].Hash) })
 	flushes := b.rec.Flushes()
 	// While B is away, an entry it never saw is published and trimmed away: B cannot
 	// replay it, so it must flush.
@@ -285,15 +256,11 @@ func TestFlushWhenStreamTrimmedPastCursor(t *testing.T) {
 		[]any{"XADD", "nora:inval", "*", "h", "ab" + strings.Repeat("0", 62)},
 		[]any{"XADD", "nora:inval", "*", "h", "cd" + strings.Repeat("0", 62)},
 		[]any{"XTRIM", "nora:inval", "MAXLEN", "1"})
-	if !storetest.WaitFor(2*time.Second, func() bool { return b.rec.Flushes() > flushes }) {
-		t.Fatalf("B did not flush within 2 s after the stream was trimmed past its cursor")
-	}
+	testutil.WaitFor(t, 2*time.Second, "B to flush after the stream was trimmed past its cursor", func() bool { return b.rec.Flushes() > flushes })
 	if _, _, err := a.s.RevokeKey(ctx, "acme", keys[1].ID, time.Now(), nil); err != nil {
 		t.Fatal(err)
 	}
-	if !storetest.WaitFor(time.Second, func() bool { return b.rec.Invalidated(keys[1].Hash) }) {
-		t.Fatal("revocation after the trim did not reach B within 1 s")
-	}
+	testutil.WaitFor(t, time.Second, "the revocation after the trim to reach B", func() bool { return b.rec.Invalidated(keys[1].Hash) })
 }
 
 func TestCompareIDs(t *testing.T) {
@@ -336,9 +303,7 @@ func TestObserveLag(t *testing.T) {
 	lags := make(chan time.Duration, 16)
 	a := newGateway(t, srv, "")
 	b := open(t, srv, Options{ObserveLag: func(d time.Duration) { lags <- d }})
-	if !storetest.WaitFor(5*time.Second, b.Healthy) {
-		t.Fatal("listener never became healthy")
-	}
+	testutil.WaitFor(t, 5*time.Second, "the listener to become healthy", b.Healthy)
 	keys := makeKeys(t, a.s, 1)
 	if _, _, err := a.s.RevokeKey(context.Background(), "acme", keys[0].ID, time.Now(), nil); err != nil {
 		t.Fatal(err)

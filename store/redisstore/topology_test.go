@@ -14,6 +14,7 @@ import (
 
 	"github.com/keygate/keygate/apikey"
 	"github.com/keygate/keygate/internal/redistest"
+	"github.com/keygate/keygate/internal/testutil"
 	"github.com/keygate/keygate/store"
 	"github.com/keygate/keygate/store/storetest"
 )
@@ -117,9 +118,7 @@ func TestClusterRevocationReachesOtherGateway(t *testing.T) {
 	for _, addr := range c.Addrs() {
 		g := gateway{s: openOn(t, redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{addr}}), h, Options{}), rec: &storetest.Recorder{}}
 		t.Cleanup(g.s.Subscribe(g.rec))
-		if !storetest.WaitFor(5*time.Second, g.rec.Healthy) {
-			t.Fatalf("store seeded with %s not healthy within 5 s; history %v", addr, g.rec.HealthHistory())
-		}
+		testutil.WaitFor(t, 5*time.Second, "the store seeded with "+addr+" to be healthy", g.rec.Healthy)
 		gws = append(gws, g)
 	}
 	keys := makeKeys(t, gws[0].s, 8)
@@ -136,9 +135,8 @@ func TestClusterRevocationReachesOtherGateway(t *testing.T) {
 			t.Fatal(err)
 		}
 		for j, g := range gws {
-			if !storetest.WaitFor(time.Second, func() bool { return g.rec.Invalidated(k.Hash) }) {
-				t.Fatalf("revocation through store %d did not reach store %d within 1 s", i%len(gws), j)
-			}
+			testutil.WaitEvery(t, time.Second, 2*time.Millisecond, fmt.Sprintf("the revocation through store %d to reach store %d", i%len(gws), j),
+				func() bool { return g.rec.Invalidated(k.Hash) })
 		}
 		if i == 0 {
 			t.Logf("revocation reached every store in %v", time.Since(start))

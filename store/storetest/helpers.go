@@ -85,21 +85,6 @@ func (r *Recorder) Events() int {
 	return len(r.inval) + r.flushes + len(r.health)
 }
 
-// WaitFor polls cond every few milliseconds until it holds or timeout passes, and reports
-// whether it held.
-func WaitFor(timeout time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(timeout)
-	for {
-		if cond() {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
 // NewKey builds a key of instance (environment env) the way the admin endpoint does, and
 // returns it with its secret. CreatedAt is createdAt; the other times are unset.
 func NewKey(t testing.TB, instance string, env apikey.Environment, name string, createdAt time.Time) (store.Key, string) {

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/keygate/keygate/apikey"
+	"github.com/keygate/keygate/internal/testutil"
 	"github.com/keygate/keygate/store"
 )
 
@@ -17,9 +18,7 @@ func testInvalidations(x *suite) {
 	}
 	rec := &Recorder{}
 	unsubscribe := x.s.Subscribe(rec)
-	if !WaitFor(5*time.Second, rec.Healthy) {
-		t.Fatalf("watcher not told SetHealthy(true) within 5 s; history %v", rec.HealthHistory())
-	}
+	testutil.WaitFor(t, 5*time.Second, "the watcher to be told SetHealthy(true)", rec.Healthy)
 
 	if _, _, err := x.s.RevokeKey(x.ctx, in.ID, ks[0].ID, x.now, nil); err != nil {
 		t.Fatal(err)

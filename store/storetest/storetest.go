@@ -10,8 +10,8 @@
 //		})
 //	}
 //
-// The package also offers the small helpers those tests share: a recording Watcher, a key
-// maker and a polling wait (helpers.go). The tests themselves are grouped by concern:
+// The package also offers the small helpers those tests share: a recording Watcher and a
+// key maker (helpers.go). The tests themselves are grouped by concern:
 // instances, keys, listing, refusals (revoke, expire), roll, invalidation, failures half-way,
 // atomicity under concurrency, and events.
 package storetest
