@@ -302,7 +302,7 @@ func TestCodeString(t *testing.T) {
 		Expired:          "api_key_expired",
 		WrongEnvironment: "api_key_wrong_environment",
 		Unavailable:      "auth_unavailable",
-		numCodes:         "unknown",
+		NumCodes:         "unknown",
 		Code(200):        "unknown",
 	} {
 		if got := c.String(); got != want {

@@ -50,13 +50,25 @@ type Store struct {
 	store.Watchers
 }
 
+// ErrHeld is Open's error when another process holds the file: bbolt locks it for one
+// process at a time.
+var ErrHeld = errors.New("the key store file is in use")
+
+// lockWait is how long Open waits for another process to let go of the file.
+const lockWait = time.Second
+
 // Open opens (creating if needed) the store file at path. The file is locked: one process
-// at a time.
+// at a time (ErrHeld, after lockWait, if another holds it).
 func Open(path string, opts Options) (*Store, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("creating store directory: %v", err)
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: lockWait})
+	if errors.Is(err, bolt.ErrTimeout) {
+		return nil, fmt.Errorf("%w: %s is held by another keygate (or Caddy) process: stop that one, "+
+			"give this gateway a file of its own (store file <path>), or run several gateways on one Redis (store redis <url>)",
+			ErrHeld, path)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("opening store file %s: %v", path, err)
 	}
