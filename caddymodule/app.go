@@ -5,12 +5,14 @@ package caddymodule
 
 import (
 	"context"
-	"crypto/tls"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,12 +30,15 @@ import (
 
 func init() {
 	caddy.RegisterModule(App{})
-	redis.SetLogger(redisLogger{})
 }
 
 // redisLogger sends go-redis' own log lines (dial failures, pool events) through Caddy's
 // logger instead of the standard library's. They carry addresses, never credentials.
+// go-redis has one process-wide logger: it is set when the first Redis store opens, not at
+// import, so a program that merely links keygate keeps its own.
 type redisLogger struct{}
+
+var setRedisLogger sync.Once
 
 func (redisLogger) Printf(_ context.Context, format string, v ...any) {
 	caddy.Log().Named("nora.redis").Debug(fmt.Sprintf(format, v...))
@@ -55,7 +60,7 @@ type App struct {
 	// SHA-256. Changing it makes every existing key unknown. Takes {env.*} placeholders.
 	Pepper string `json:"pepper,omitempty"`
 
-	resolved StoreConfig // Store with placeholders and defaults applied
+	resolved storeSettings // Store with placeholders and defaults applied
 	storeRes *storeResource
 	verRes   *verifierResource
 	hasher   apikey.Hasher
@@ -63,6 +68,10 @@ type App struct {
 	verKey   string
 	logger   *zap.Logger
 	cancel   context.CancelFunc
+	// started is closed once Start has opened the store and the verifier; instancesReady
+	// once every configured instance exists in the store.
+	started        chan struct{}
+	instancesReady chan struct{}
 }
 
 // StoreConfig selects and configures the store. Every string takes {env.*} placeholders.
@@ -84,16 +93,111 @@ type StoreConfig struct {
 	Username         string `json:"username,omitempty"`
 	Password         string `json:"password,omitempty"`
 	SentinelPassword string `json:"sentinel_password,omitempty"`
-	// DB is the database number (standalone and Sentinel), a string so it takes {env.*}.
-	DB string `json:"db,omitempty"`
+	// DB is the database number (standalone and Sentinel). Like every number here it is
+	// a string in the Caddyfile's JSON, so it takes {env.*}; a JSON number is accepted too.
+	DB EnvValue `json:"db,omitempty"`
 	// TLS connects with TLS.
 	TLS bool `json:"tls,omitempty"`
 	// KeyPrefix starts every Redis key and the invalidation stream (default "nora:").
 	KeyPrefix string `json:"key_prefix,omitempty"`
 	// WaitReplicas makes create, roll and revoke wait for this many replica acknowledgements.
-	WaitReplicas int `json:"wait_replicas,omitempty"`
-	// Timeout bounds dialing and each Redis command (default 1s).
-	Timeout caddy.Duration `json:"timeout,omitempty"`
+	WaitReplicas EnvValue `json:"wait_replicas,omitempty"`
+	// Timeout bounds dialing and each Redis command (a duration such as "500ms"; default 1s).
+	Timeout EnvValue `json:"timeout,omitempty"`
+}
+
+// EnvValue is a config value that may be an {env.*} placeholder: a JSON string, or (for
+// numbers) a JSON number, resolved when the config loads.
+type EnvValue string
+
+// UnmarshalJSON takes a JSON string or a JSON number.
+func (v *EnvValue) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err == nil {
+		*v = EnvValue(s)
+		return nil
+	}
+	var n json.Number
+	if err := json.Unmarshal(b, &n); err != nil {
+		return errors.New("must be a string or a number")
+	}
+	*v = EnvValue(n.String())
+	return nil
+}
+
+// storeSettings is a StoreConfig resolved: placeholders replaced, numbers parsed, defaults
+// set. It is what the pooled store is keyed by (hashed: it holds the password).
+type storeSettings struct {
+	Type         string
+	Path         string
+	Redis        redisstore.Config
+	KeyPrefix    string
+	WaitReplicas int
+}
+
+// resolve replaces the placeholders of c and parses its numbers.
+func (c StoreConfig) resolve(repl *caddy.Replacer) (storeSettings, error) {
+	r := func(s string) string { return repl.ReplaceKnown(s, "") }
+	st := storeSettings{Type: r(c.Type), Path: r(c.Path), KeyPrefix: r(c.KeyPrefix)}
+	if st.Type == "" {
+		st.Type = "file"
+	}
+	if st.Type == "file" && st.Path == "" {
+		st.Path = filepath.Join(caddy.AppDataDir(), "keygate", "keys.db")
+	}
+	rc := redisstore.Config{URL: r(c.URL), MasterName: r(c.MasterName), Cluster: c.Cluster,
+		Username: r(c.Username), Password: r(c.Password), SentinelPassword: r(c.SentinelPassword),
+		TLS: c.TLS, Timeout: time.Second}
+	for _, a := range c.Addrs {
+		rc.Addrs = append(rc.Addrs, r(a))
+	}
+	var err error
+	if rc.DB, err = nonNegative("db", r(string(c.DB))); err != nil {
+		return st, err
+	}
+	if st.WaitReplicas, err = nonNegative("wait_replicas", r(string(c.WaitReplicas))); err != nil {
+		return st, err
+	}
+	if t := r(string(c.Timeout)); t != "" {
+		// A bare number is nanoseconds, as caddy.Duration reads one from JSON.
+		d, perr := caddy.ParseDuration(t)
+		if n, nerr := strconv.ParseInt(t, 10, 64); nerr == nil {
+			d, perr = time.Duration(n), nil
+		}
+		if perr != nil || d <= 0 {
+			return st, fmt.Errorf("timeout must be a positive duration, not %q", t)
+		}
+		rc.Timeout = d
+	}
+	if st.Type == "file" {
+		// Only the path matters to a file store: a reload that changes Redis words keeps the
+		// store open (a second open of the file would wait for the first to close).
+		return storeSettings{Type: st.Type, Path: st.Path, Redis: redisstore.Config{Timeout: rc.Timeout}}, nil
+	}
+	st.Redis = rc
+	return st, nil
+}
+
+func nonNegative(what, s string) (int, error) {
+	if s == "" {
+		return 0, nil
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(s))
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("%s must be a non-negative number, not %q", what, s)
+	}
+	return n, nil
+}
+
+// poolKey names a pooled resource by a hash of its settings, so that no password or pepper
+// sits in clear in the pool's keys.
+func poolKey(kind string, v any) (string, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256(b)
+	return kind + ":" + hex.EncodeToString(sum[:]), nil
 }
 
 // InstanceConfig is an instance to create at start.
@@ -103,7 +207,7 @@ type InstanceConfig struct {
 	Name        string `json:"name"`
 }
 
-// CacheConfig tunes the caches (SPEC §3).
+// CacheConfig tunes the caches.
 type CacheConfig struct {
 	// Size is how many keys the positive cache holds (default 1000000).
 	Size int64 `json:"size,omitempty"`
@@ -127,6 +231,8 @@ var pool = caddy.NewUsagePool()
 // server holds the store, and a Redis that is down does not fail config loading.
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
+	a.started = make(chan struct{})
+	a.instancesReady = make(chan struct{})
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering metrics: %v", err)
 	}
@@ -134,23 +240,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if a.Store == nil {
 		a.Store = &StoreConfig{}
 	}
-	sc := *a.Store
-	for _, p := range []*string{&sc.Type, &sc.Path, &sc.URL, &sc.MasterName, &sc.Username,
-		&sc.Password, &sc.SentinelPassword, &sc.DB, &sc.KeyPrefix} {
-		*p = repl.ReplaceKnown(*p, "")
-	}
-	sc.Addrs = append([]string(nil), sc.Addrs...)
-	for i := range sc.Addrs {
-		sc.Addrs[i] = repl.ReplaceKnown(sc.Addrs[i], "")
-	}
-	if sc.Type == "" {
-		sc.Type = "file"
-	}
-	if sc.Type == "file" && sc.Path == "" {
-		sc.Path = filepath.Join(caddy.AppDataDir(), "keygate", "keys.db")
-	}
-	if sc.Timeout == 0 {
-		sc.Timeout = caddy.Duration(time.Second)
+	sc, err := a.Store.resolve(repl)
+	if err != nil {
+		return fmt.Errorf("nora store: %v", err)
 	}
 	if a.Cache == nil {
 		a.Cache = &CacheConfig{}
@@ -158,11 +250,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 	pepper := repl.ReplaceKnown(a.Pepper, "")
 	a.resolved = sc
 
-	sk, err := json.Marshal(sc)
-	if err != nil {
+	if a.storeKey, err = poolKey("store", sc); err != nil {
 		return err
 	}
-	a.storeKey = "store:" + string(sk)
 	v, _, err := pool.LoadOrNew(a.storeKey, func() (caddy.Destructor, error) {
 		return &storeResource{cfg: sc, logger: a.logger}, nil
 	})
@@ -171,14 +261,13 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 	a.storeRes = v.(*storeResource)
 
-	ck, err := json.Marshal(struct {
+	if a.verKey, err = poolKey("verifier", struct {
+		S string
 		C *CacheConfig
 		P string
-	}{a.Cache, pepper})
-	if err != nil {
+	}{a.storeKey, a.Cache, pepper}); err != nil {
 		return err
 	}
-	a.verKey = "verifier:" + a.storeKey + string(ck)
 	a.hasher = apikey.NewHasher([]byte(pepper))
 	// A lookup gets the store's timeout, retries included: an uncached key is answered (503
 	// if need be) within it, and a longer configured timeout is not cut short.
@@ -187,7 +276,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		TTL:           time.Duration(a.Cache.TTL),
 		NegativeTTL:   time.Duration(a.Cache.NegativeTTL),
 		MaxStale:      time.Duration(a.Cache.MaxStale),
-		LookupTimeout: time.Duration(sc.Timeout),
+		LookupTimeout: sc.Redis.Timeout,
 		Hasher:        a.hasher,
 		Logger:        a.logger,
 		ObserveLookup: func(d time.Duration) { storeLatency.Observe(d.Seconds()) },
@@ -210,7 +299,10 @@ func (a *App) Validate() error {
 		return fmt.Errorf("store type must be file or redis, not %q", a.resolved.Type)
 	}
 	if a.resolved.Type == "redis" {
-		if _, err := redisClientFunc(a.resolved); err != nil {
+		if err := a.resolved.Redis.Check(); err != nil {
+			return fmt.Errorf("redis store: %v", err)
+		}
+		if err := redisstore.CheckKeyPrefix(a.resolved.KeyPrefix); err != nil {
 			return fmt.Errorf("redis store: %v", err)
 		}
 	}
@@ -228,8 +320,13 @@ func (a *App) Validate() error {
 	return nil
 }
 
-// Start opens the store and the verifier (once per pooled resource) and creates the
-// configured instances, retrying in the background while the store is unreachable.
+// Start opens the store and the verifier (once per pooled resource), then creates the
+// configured instances before returning when the store answers, so that an instance named
+// by an `instance` line exists by the time Caddy serves (or /healthz says 200). While the
+// store is unreachable the instances are created in the background, retrying.
+//
+// Caddy starts its apps in no fixed order, so the http app may already serve while this
+// runs: nora_auth and nora_admin wait for started (see awaitStart) rather than refuse.
 func (a *App) Start() error {
 	s, err := a.storeRes.open()
 	if err != nil {
@@ -240,10 +337,49 @@ func (a *App) Start() error {
 		return err
 	}
 	currentVerifier.Store(v)
+	close(a.started)
 	ctx, cancel := context.WithCancel(context.Background())
 	a.cancel = cancel
-	go a.ensureInstances(ctx, s)
+	// One attempt now, bounded by the store's timeout; the rest in the background.
+	if pending := a.createInstances(ctx, s, a.Instances); len(pending) > 0 {
+		go a.ensureInstances(ctx, s, pending)
+	} else {
+		close(a.instancesReady)
+	}
 	return nil
+}
+
+// startWait bounds how long a request waits for the app to start (it is normally a matter
+// of microseconds: the apps start one after the other).
+const startWait = 10 * time.Second
+
+// awaitStart waits until Start has opened the store and the verifier, or ctx ends, or
+// startWait passes; it reports whether the app has started.
+func (a *App) awaitStart(ctx context.Context) bool {
+	select {
+	case <-a.started:
+		return true
+	default:
+	}
+	t := time.NewTimer(startWait)
+	defer t.Stop()
+	select {
+	case <-a.started:
+		return true
+	case <-ctx.Done():
+	case <-t.C:
+	}
+	return false
+}
+
+// InstancesReady reports whether every instance of the config exists in the store.
+func (a *App) InstancesReady() bool {
+	select {
+	case <-a.instancesReady:
+		return true
+	default:
+		return false
+	}
 }
 
 // Stop stops the app's own goroutines; the shared resources stay for the next config.
@@ -270,28 +406,32 @@ func (a *App) Cleanup() error {
 	return errors.Join(errs...)
 }
 
-func (a *App) ensureInstances(ctx context.Context, s store.Store) {
-	pending := a.Instances
-	for delay := 100 * time.Millisecond; len(pending) > 0; {
-		var failed []InstanceConfig
-		for _, in := range pending {
-			env, _ := apikey.ParseEnvironment(in.Environment)
-			c, cancel := context.WithTimeout(ctx, 5*time.Second)
-			err := s.CreateInstance(c, store.Instance{ID: in.ID, Name: in.Name, Environment: env})
-			cancel()
-			switch {
-			case err == nil:
-				a.logger.Info("created instance", zap.String("instance", in.ID))
-			case errors.Is(err, store.ErrInstanceExists):
-			default:
-				failed = append(failed, in)
-				a.logger.Warn("creating instance; will retry", zap.String("instance", in.ID), zap.Error(err))
-			}
+// createInstances creates the instances that are missing and returns those it could not
+// (the store failed). After a first failure it stops trying: the store is down, and the
+// rest is left to ensureInstances.
+func (a *App) createInstances(ctx context.Context, s store.Store, ins []InstanceConfig) (pending []InstanceConfig) {
+	timeout := a.resolved.Redis.Timeout + 5*time.Second
+	for i, in := range ins {
+		env, _ := apikey.ParseEnvironment(in.Environment)
+		c, cancel := context.WithTimeout(ctx, timeout)
+		err := s.CreateInstance(c, store.Instance{ID: in.ID, Name: in.Name, Environment: env})
+		cancel()
+		switch {
+		case err == nil:
+			a.logger.Info("created instance", zap.String("instance", in.ID))
+		case errors.Is(err, store.ErrInstanceExists):
+		default:
+			a.logger.Warn("creating instance; will retry", zap.String("instance", in.ID), zap.Error(err))
+			return ins[i:]
 		}
-		pending = failed
-		if len(pending) == 0 {
-			return
-		}
+	}
+	return nil
+}
+
+// ensureInstances retries createInstances with backoff until every instance exists, then
+// marks the instances ready.
+func (a *App) ensureInstances(ctx context.Context, s store.Store, pending []InstanceConfig) {
+	for delay := 100 * time.Millisecond; ; {
 		select {
 		case <-ctx.Done():
 			return
@@ -299,6 +439,10 @@ func (a *App) ensureInstances(ctx context.Context, s store.Store) {
 		}
 		if delay < 10*time.Second {
 			delay *= 2
+		}
+		if pending = a.createInstances(ctx, s, pending); len(pending) == 0 {
+			close(a.instancesReady)
+			return
 		}
 	}
 }
@@ -312,7 +456,7 @@ func (a *App) KeyStore() store.Store { return a.storeRes.get() }
 // storeResource is a pooled store, opened on first Start and closed when the last config
 // using it is cleaned up.
 type storeResource struct {
-	cfg    StoreConfig
+	cfg    storeSettings
 	logger *zap.Logger
 	mu     sync.Mutex
 	s      store.Store
@@ -354,17 +498,13 @@ func (r *storeResource) Destruct() error {
 	return err
 }
 
-func openStore(c StoreConfig, logger *zap.Logger) (store.Store, error) {
+func openStore(c storeSettings, logger *zap.Logger) (store.Store, error) {
 	if c.Type == "file" {
 		return filestore.Open(c.Path, filestore.Options{})
 	}
-	newClient, err := redisClientFunc(c)
-	if err != nil {
-		return nil, fmt.Errorf("configuring redis store: %v", err)
-	}
-	rdb := newClient()
+	setRedisLogger.Do(func() { redis.SetLogger(redisLogger{}) })
 	var last time.Time
-	return redisstore.New(rdb, redisstore.Options{
+	s, err := redisstore.Dial(c.Redis, redisstore.Options{
 		KeyPrefix:    c.KeyPrefix,
 		WaitReplicas: c.WaitReplicas,
 		ObserveLag:   func(d time.Duration) { invalidationLag.Observe(d.Seconds()) },
@@ -375,63 +515,11 @@ func openStore(c StoreConfig, logger *zap.Logger) (store.Store, error) {
 				logger.Warn("invalidation listener: redis unreachable; cache not trusted", zap.Error(err))
 			}
 		},
-	}), nil
-}
-
-// redisClientFunc checks a Redis store config and returns how to make its client (making
-// one is cheap but must be closed, so Validate only checks).
-func redisClientFunc(c StoreConfig) (func() redis.UniversalClient, error) {
-	timeout := time.Duration(c.Timeout)
-	if err := redisstore.CheckKeyPrefix(c.KeyPrefix); err != nil {
-		return nil, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("configuring redis store: %v", err)
 	}
-	if c.URL != "" {
-		if len(c.Addrs) > 0 || c.MasterName != "" || c.Cluster {
-			return nil, errors.New("give either a URL or addrs, not both")
-		}
-		opt, err := redis.ParseURL(c.URL)
-		if err != nil {
-			return nil, errors.New("invalid redis URL (expected redis://[user:password@]host:port/db)")
-		}
-		opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout = timeout, timeout, timeout
-		// Fail fast: a gateway answers 503 rather than hang while Redis is down.
-		opt.MaxRetries, opt.DialerRetries = 1, 1
-		// Context deadlines reach the socket: the invalidation listener bounds its blocking
-		// reads this way (go-redis alone would wait block + 10 s on a frozen Redis).
-		opt.ContextTimeoutEnabled = true
-		return func() redis.UniversalClient { return redis.NewClient(opt) }, nil
-	}
-	if len(c.Addrs) == 0 {
-		return nil, errors.New("redis store needs a URL or addrs")
-	}
-	db := 0
-	if c.DB != "" {
-		n, err := strconv.Atoi(c.DB)
-		if err != nil || n < 0 {
-			return nil, fmt.Errorf("db must be a non-negative number, not %q", c.DB)
-		}
-		db = n
-	}
-	var tlsCfg *tls.Config
-	if c.TLS {
-		tlsCfg = &tls.Config{MinVersion: tls.VersionTLS12}
-	}
-	opt := &redis.UniversalOptions{
-		Addrs: c.Addrs, MasterName: c.MasterName, Username: c.Username, Password: c.Password,
-		SentinelPassword: c.SentinelPassword, DB: db, TLSConfig: tlsCfg,
-		DialTimeout: timeout, ReadTimeout: timeout, WriteTimeout: timeout,
-		MaxRetries: 1, DialerRetries: 1, ContextTimeoutEnabled: true,
-	}
-	if c.Cluster || (c.MasterName == "" && len(c.Addrs) > 1) {
-		if db != 0 {
-			return nil, errors.New("redis cluster has no databases: remove db")
-		}
-		return func() redis.UniversalClient { return redis.NewClusterClient(opt.Cluster()) }, nil
-	}
-	if c.MasterName != "" {
-		return func() redis.UniversalClient { return redis.NewFailoverClient(opt.Failover()) }, nil
-	}
-	return func() redis.UniversalClient { return redis.NewClient(opt.Simple()) }, nil
+	return s, nil
 }
 
 // verifierResource is a pooled verifier (the caches), created on first Start.

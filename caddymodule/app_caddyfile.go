@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"strconv"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -31,6 +32,10 @@ func init() {
 //			wait_replicas <n>
 //			timeout <duration>
 //		}
+//
+// (db, wait_replicas and timeout take {env.*} too: a literal is checked here, a placeholder
+// once resolved when the config loads.)
+//
 //		instance <id> sandbox|production <name>
 //		pepper <secret>
 //		cache {
@@ -180,8 +185,26 @@ func parseStore(d *caddyfile.Dispenser) (*StoreConfig, error) {
 			err = one(&sc.Username)
 		case "password":
 			err = one(&sc.Password)
-		case "db":
-			err = one(&sc.DB)
+		case "db", "wait_replicas", "timeout":
+			var v string
+			if err = one(&v); err != nil {
+				break
+			}
+			// A placeholder is checked once resolved, when the config loads; a literal now.
+			check := StoreConfig{}
+			switch opt {
+			case "db":
+				sc.DB, check.DB = EnvValue(v), EnvValue(v)
+			case "wait_replicas":
+				sc.WaitReplicas, check.WaitReplicas = EnvValue(v), EnvValue(v)
+			default:
+				sc.Timeout, check.Timeout = EnvValue(v), EnvValue(v)
+			}
+			if !strings.Contains(v, "{") {
+				if _, rerr := check.resolve(caddy.NewReplacer()); rerr != nil {
+					return nil, d.Errf("store redis: %v", rerr)
+				}
+			}
 		case "key_prefix":
 			err = one(&sc.KeyPrefix)
 		case "cluster", "tls":
@@ -192,24 +215,6 @@ func parseStore(d *caddyfile.Dispenser) (*StoreConfig, error) {
 				sc.Cluster = true
 			} else {
 				sc.TLS = true
-			}
-		case "wait_replicas":
-			var s string
-			if err = one(&s); err == nil {
-				n, convErr := strconv.Atoi(s)
-				if convErr != nil || n < 0 {
-					return nil, d.Errf("wait_replicas must be a non-negative number, not %q", s)
-				}
-				sc.WaitReplicas = n
-			}
-		case "timeout":
-			var s string
-			if err = one(&s); err == nil {
-				dur, perr := caddy.ParseDuration(s)
-				if perr != nil || dur <= 0 {
-					return nil, d.Errf("timeout must be a positive duration, not %q", s)
-				}
-				sc.Timeout = caddy.Duration(dur)
 			}
 		default:
 			return nil, d.Errf("unrecognized redis store option '%s'", opt)

@@ -16,7 +16,7 @@ import (
 	"github.com/keygate/keygate/store/redisstore"
 )
 
-// The `store redis` block (SPEC §3): every word adapts, every string field takes {env.*}
+// The `store redis` block: every word adapts, every string field takes {env.*}
 // placeholders, resolved when the config loads (the adapted JSON holds the placeholder, not
 // the secret), and the resolved values reach Redis: the address, the ACL user and password,
 // the database, the key prefix, and Sentinel's master name and password.
@@ -64,8 +64,8 @@ func TestStoreRedisBlockAdaptsEveryWord(t *testing.T) {
 	want := map[string]any{
 		"type": "redis", "addrs": []any{"{env.A1}", "{env.A2}", "{env.A3}"}, "master_name": "{env.MASTER}",
 		"cluster": true, "username": "{env.USER}", "password": "{env.PASS}", "sentinel_password": "{env.SPASS}",
-		"db": "{env.DB}", "tls": true, "key_prefix": "{env.PREFIX}", "wait_replicas": float64(2),
-		"timeout": float64(250 * time.Millisecond),
+		"db": "{env.DB}", "tls": true, "key_prefix": "{env.PREFIX}", "wait_replicas": "2",
+		"timeout": "250ms",
 	}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("adapted store\n got %v\nwant %v", got, want)
@@ -120,7 +120,11 @@ func TestStoreRedisEnvStandalone(t *testing.T) {
 			password {env.KG_TEST_PASS}
 			db {env.KG_TEST_DB}
 			key_prefix {env.KG_TEST_PREFIX}
+			wait_replicas {env.KG_TEST_WAIT}
+			timeout {env.KG_TEST_TIMEOUT}
 		}`
+		t.Setenv("KG_TEST_WAIT", "0")
+		t.Setenv("KG_TEST_TIMEOUT", "750ms")
 		cfg, err := adapt(gatewayConfig(t, block, "http://127.0.0.1:1", 1, ""))
 		if err != nil {
 			t.Fatal(err)
@@ -128,7 +132,10 @@ func TestStoreRedisEnvStandalone(t *testing.T) {
 		if strings.Contains(string(cfg), userPass) || strings.Contains(string(cfg), srv.Addr) {
 			t.Fatal("the adapted config holds resolved values: placeholders must stay until load")
 		}
-		gatewayWorks(t, block)
+		s := gatewayWorks(t, block)
+		if got := s.Client().(*redis.Client).Options().ReadTimeout; got != 750*time.Millisecond {
+			t.Errorf("timeout {env.KG_TEST_TIMEOUT}: the client's read timeout is %v, want 750ms", got)
+		}
 
 		// The data is in database 5 under the prefix, and nowhere else.
 		if n, err := admin(5).Exists(ctx, "kgenv:instances").Result(); err != nil || n != 1 {
@@ -240,6 +247,39 @@ func TestStoreRedisEnvCluster(t *testing.T) {
 			}
 			if !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("error %v, want one saying %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// The numbers of the store block (db, wait_replicas, timeout) take {env.*}: a bad literal is
+// refused when the Caddyfile is adapted, naming the line; a bad resolved value when the
+// config loads, naming the word.
+func TestStoreRedisNumbersRefused(t *testing.T) {
+	for _, tc := range []struct{ word, value string }{
+		{"db", "-1"}, {"db", "five"}, {"wait_replicas", "-2"}, {"wait_replicas", "1.5"},
+		{"timeout", "0s"}, {"timeout", "soon"}, {"timeout", "-1s"},
+	} {
+		t.Run(tc.word+" "+tc.value, func(t *testing.T) {
+			block := fmt.Sprintf("store redis {\n\t\t\taddrs 127.0.0.1:1\n\t\t\t%s %s\n\t\t}", tc.word, tc.value)
+			_, err := adapt(gatewayConfig(t, block, "http://127.0.0.1:1", redistest.FreePort(t), ""))
+			if err == nil || !strings.Contains(err.Error(), tc.word) || !strings.Contains(err.Error(), "Caddyfile:") {
+				t.Fatalf("adapting %s %s: %v, want an error naming the word and the line", tc.word, tc.value, err)
+			}
+
+			t.Setenv("KG_TEST_NUMBER", tc.value)
+			block = fmt.Sprintf("store redis {\n\t\t\taddrs 127.0.0.1:1\n\t\t\t%s {env.KG_TEST_NUMBER}\n\t\t}", tc.word)
+			cfg, err := adapt(gatewayConfig(t, block, "http://127.0.0.1:1", redistest.FreePort(t), ""))
+			if err != nil {
+				t.Fatalf("adapting the placeholder: %v", err)
+			}
+			err = caddy.Load(cfg, true)
+			if err == nil {
+				caddy.Stop()
+				t.Fatal("config loaded")
+			}
+			if !strings.Contains(err.Error(), tc.word) {
+				t.Errorf("loading: %v, want an error naming %s", err, tc.word)
 			}
 		})
 	}
