@@ -1,4 +1,4 @@
-// Package admin is keygate's admin endpoint without Caddy: the JSON API of SPEC §5 over a
+// Package admin is keygate's admin endpoint without Caddy: the admin JSON API over a
 // store.Store, guarded by admin tokens, and a client for it (used by the `keys` CLI).
 package admin
 
@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/keygate/keygate/apikey"
+	"github.com/keygate/keygate/internal/wire"
 	"github.com/keygate/keygate/store"
 )
 
@@ -30,6 +31,9 @@ type API struct {
 	// Now is the clock (default time.Now).
 	Now    func() time.Time
 	Logger *zap.Logger
+	// Ready, when set, says whether start-up is complete (the configured instances exist):
+	// until it does, /healthz answers 503.
+	Ready func() bool
 
 	mux *http.ServeMux
 }
@@ -146,13 +150,8 @@ func (a *API) auth(h handler, perms ...Permission) http.HandlerFunc {
 // token returns the admin token a request carries, or nil. Only the Authorization header
 // counts: cookies are never read.
 func (a *API) token(r *http.Request) *Token {
-	vals := r.Header.Values("Authorization")
-	if len(vals) != 1 {
-		return nil
-	}
-	scheme, secret, ok := strings.Cut(strings.TrimSpace(vals[0]), " ")
-	secret = strings.TrimSpace(secret)
-	if !ok || !strings.EqualFold(scheme, "Bearer") || secret == "" {
+	secret, p := wire.Bearer(r.Header.Values("Authorization"))
+	if p != wire.OK {
 		return nil
 	}
 	return authenticate(a.Tokens, secret)
@@ -165,7 +164,13 @@ func (a *API) ctx(r *http.Request) (context.Context, context.CancelFunc) {
 func (a *API) healthz(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
+	if a.Ready != nil && !a.Ready() {
+		w.Header().Set("Retry-After", "1")
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "starting"})
+		return
+	}
 	if err := a.Store.Ping(ctx); err != nil {
+		w.Header().Set("Retry-After", "1")
 		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable"})
 		return
 	}

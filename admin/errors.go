@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+
+	"github.com/keygate/keygate/internal/wire"
 )
 
 // apiError is an answer of the error shape.
@@ -44,7 +46,7 @@ func writeError(w http.ResponseWriter, status int, typ, code, msg string) {
 	if status == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", "1")
 	}
-	writeJSON(w, status, map[string]any{"error": map[string]string{"type": typ, "code": code, "message": msg}})
+	wire.WriteError(w, status, wire.ErrorBody(typ, code, msg))
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

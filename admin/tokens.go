@@ -12,7 +12,7 @@ import (
 // Permission is what an admin token may do.
 type Permission string
 
-// The permissions of SPEC §5.
+// The permissions an admin token can hold.
 const (
 	PermRead     Permission = "apiKey.read"
 	PermCreate   Permission = "apiKey.create"

@@ -9,13 +9,13 @@ import (
 	"io"
 	"net/http"
 	"reflect"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/keygate/keygate/apikey"
 	"github.com/keygate/keygate/store"
 )
 
@@ -110,8 +110,6 @@ func checkName(what, name string) error {
 	return nil
 }
 
-var keyIDPattern = regexp.MustCompile(`^key_[0-9A-Za-z]{24}$`)
-
 // pathIDs checks the instance and key ids of a request's path.
 func pathIDs(r *http.Request) (instance, id string, err error) {
 	instance = r.PathValue("instance")
@@ -119,7 +117,7 @@ func pathIDs(r *http.Request) (instance, id string, err error) {
 		return "", "", errInvalid("The instance id in the path is malformed.")
 	}
 	id = r.PathValue("id")
-	if id != "" && !keyIDPattern.MatchString(id) {
+	if id != "" && !apikey.ValidKeyID(id) {
 		return "", "", errInvalid("The key id in the path is malformed (key_ and 24 letters or digits).")
 	}
 	return instance, id, nil

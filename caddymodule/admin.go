@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/keygate/keygate/admin"
+	"github.com/keygate/keygate/internal/wire"
 )
 
 func init() {
@@ -124,6 +125,10 @@ func (h *Admin) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Ha
 		return nil
 	}
 	api := h.getAPI()
+	if api == nil && h.app.awaitStart(r.Context()) {
+		// Caddy started the http app before the nora app: wait for it rather than refuse.
+		api = h.getAPI()
+	}
 	if api == nil {
 		writeAdminError(w, http.StatusServiceUnavailable, "store_unavailable", "The key store is not open yet.")
 		return nil
@@ -137,7 +142,7 @@ var page = admin.Page()
 
 // getAPI builds the API on first use: the store is opened when the nora app starts, after
 // handlers are provisioned, and Caddy may start the http app first. Until the store is
-// open it returns nil, and a later request tries again.
+// open it returns nil (ServeHTTP then waits for the app's start).
 func (h *Admin) getAPI() *admin.API {
 	if api := h.lazy.api.Load(); api != nil {
 		return api
@@ -160,18 +165,16 @@ func (h *Admin) getAPI() *admin.API {
 		h.logger.Error("starting the admin API", zap.Error(err))
 		return nil
 	}
+	api.Ready = h.app.InstancesReady
 	h.lazy.api.Store(api)
 	return api
 }
 
 func writeAdminError(w http.ResponseWriter, status int, code, msg string) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
 	if status == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", "1")
 	}
-	w.WriteHeader(status)
-	fmt.Fprintf(w, `{"error":{"type":"api_error","code":%q,"message":%q}}`+"\n", code, msg)
+	wire.WriteError(w, status, wire.ErrorBody("api_error", code, msg))
 }
 
 // Interface guards

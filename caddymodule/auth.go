@@ -1,16 +1,15 @@
 package caddymodule
 
 import (
-	"encoding/base64"
 	"fmt"
 	"net/http"
-	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
 	"github.com/keygate/keygate/apikey"
+	"github.com/keygate/keygate/internal/wire"
 	"github.com/keygate/keygate/verify"
 )
 
@@ -19,7 +18,8 @@ func init() {
 }
 
 // Auth is the `nora_auth` handler: it lets a request through only with a valid API key, and
-// answers every other request itself with a JSON error (SPEC §2). On success the request
+// answers every other request itself with a JSON error (docs/design.md, "Error codes"). On
+// success the request
 // goes on with Nora-Key-Id, Nora-Instance and Nora-Environment set (client copies removed)
 // and the placeholders {http.auth.user.id}, {http.auth.user.instance} and
 // {http.auth.user.environment}.
@@ -75,30 +75,26 @@ func (a *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	r.Header.Del(HeaderInstance)
 	r.Header.Del(HeaderEnvironment)
 
-	key, problem := credential(r.Header.Values("Authorization"))
-	if problem != credOK {
-		code := codeMissing
-		if problem == credInvalid {
-			code = codeInvalid
-		}
-		verifications[code].Inc()
-		return writeError(w, code)
+	key, problem := wire.BearerOrBasic(r.Header.Values("Authorization"), apikey.Len)
+	switch problem {
+	case wire.Missing:
+		return a.refuse(w, verify.Missing)
+	case wire.Invalid:
+		return a.refuse(w, verify.InvalidKey)
 	}
 	v := a.app.Verifier()
-	if v == nil { // the app has not started: cannot happen once Caddy serves
-		verifications[codeUnavailable].Inc()
-		return writeError(w, codeUnavailable)
+	if v == nil && a.app.awaitStart(r.Context()) {
+		// Caddy started the http app before the nora app: wait for it rather than refuse.
+		v = a.app.Verifier()
+	}
+	if v == nil {
+		return a.refuse(w, verify.Unavailable)
 	}
 	res := v.Verify(key, a.want)
 	if res.Code != verify.OK {
-		code := gatewayCode(res.Code)
-		verifications[code].Inc()
-		if c := a.logger.Check(zap.DebugLevel, "api key refused"); c != nil {
-			c.Write(zap.String("code", errorBodies[code].code))
-		}
-		return writeError(w, code)
+		return a.refuse(w, res.Code)
 	}
-	verifications[codeOK].Inc()
+	verifications[verify.OK].Inc()
 	env := res.Environment.String()
 	r.Header[HeaderKeyID] = []string{res.KeyID}
 	r.Header[HeaderInstance] = []string{res.Instance}
@@ -113,64 +109,13 @@ func (a *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	return next.ServeHTTP(w, r)
 }
 
-type credProblem uint8
-
-const (
-	credOK credProblem = iota
-	credMissing
-	credInvalid
-)
-
-// credential extracts the key from the Authorization header values: "Bearer <key>" (scheme
-// case-insensitive) or "Basic base64(<key>:)" as `curl -u sk_test_…:` sends. No header or an
-// empty credential is missing; anything else unusable is invalid. It checks the shape only:
-// the key's format is apikey.Parse's job.
-func credential(values []string) (string, credProblem) {
-	switch len(values) {
-	case 0:
-		return "", credMissing
-	case 1:
-	default:
-		return "", credInvalid
+// refuse counts and answers a refusal.
+func (a *Auth) refuse(w http.ResponseWriter, c verify.Code) error {
+	verifications[c].Inc()
+	if ce := a.logger.Check(zap.DebugLevel, "api key refused"); ce != nil {
+		ce.Write(zap.Stringer("code", c))
 	}
-	h := strings.TrimSpace(values[0])
-	if h == "" {
-		return "", credMissing
-	}
-	scheme, rest, _ := strings.Cut(h, " ")
-	rest = strings.TrimLeft(rest, " ")
-	switch {
-	case strings.EqualFold(scheme, "Bearer"):
-		if rest == "" {
-			return "", credMissing
-		}
-		if strings.ContainsAny(rest, " \t") {
-			return "", credInvalid
-		}
-		return rest, credOK
-	case strings.EqualFold(scheme, "Basic"):
-		if rest == "" {
-			return "", credMissing
-		}
-		// A key:  46 characters and a colon, 64 base64 characters at most.
-		if len(rest) > 64 || strings.ContainsAny(rest, " \t") {
-			return "", credInvalid
-		}
-		var buf [48]byte
-		n, err := base64.StdEncoding.Decode(buf[:], []byte(rest))
-		if err != nil {
-			return "", credInvalid
-		}
-		user, pass, ok := strings.Cut(string(buf[:n]), ":")
-		if !ok || pass != "" {
-			return "", credInvalid
-		}
-		if user == "" {
-			return "", credMissing
-		}
-		return user, credOK
-	}
-	return "", credInvalid
+	return writeRefusal(w, c)
 }
 
 // Interface guards

@@ -270,8 +270,10 @@ func TestAuthAnswersEveryRow(t *testing.T) {
 			if tc.code == "missing_api_key" {
 				want = `Bearer realm="nora"`
 			}
-			if got := a.header.Get("WWW-Authenticate"); got != want {
-				t.Fatalf("WWW-Authenticate %q, want %q", got, want)
+			// Both challenges, Bearer first: clients that send Basic credentials only once
+			// challenged (wget --user, Python's HTTPBasicAuthHandler) need the second.
+			if got := a.header.Values("WWW-Authenticate"); len(got) != 2 || got[0] != want || got[1] != `Basic realm="nora"` {
+				t.Fatalf("WWW-Authenticate %q, want [%q %q]", got, want, `Basic realm="nora"`)
 			}
 			for _, secret := range []string{live, test, revoked, expired, unknown} {
 				if strings.Contains(a.body, secret) {

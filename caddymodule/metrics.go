@@ -16,9 +16,9 @@ var (
 		Namespace: "keygate", Name: "verifications_total",
 		Help: "API key verifications by nora_auth, by result code.",
 	}, []string{"code"})
-	verifications = func() (out [numGwCodes]prometheus.Counter) {
+	verifications = func() (out [verify.NumCodes]prometheus.Counter) {
 		for c := range out {
-			out[c] = verificationsVec.WithLabelValues(errorBodies[c].code)
+			out[c] = verificationsVec.WithLabelValues(verify.Code(c).String())
 		}
 		return out
 	}()
