@@ -23,6 +23,7 @@ import (
 	"github.com/keygate/keygate/apikey"
 	"github.com/keygate/keygate/caddymodule"
 	"github.com/keygate/keygate/internal/redistest"
+	"github.com/keygate/keygate/internal/testutil"
 	"github.com/keygate/keygate/store"
 )
 
@@ -95,17 +96,10 @@ func mint(t *testing.T, s store.Store, instance string, env apikey.Environment, 
 
 func waitInstances(t *testing.T, s store.Store, n int) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	testutil.WaitFor(t, 5*time.Second, fmt.Sprintf("%d instances in the store", n), func() bool {
 		ins, err := s.Instances(context.Background())
-		if err == nil && len(ins) >= n {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("instances not created: %v %v", ins, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return err == nil && len(ins) >= n
+	})
 }
 
 type answer struct {
@@ -396,16 +390,18 @@ func TestReloadKeepsCacheWarmAndLeaksNothing(t *testing.T) {
 	if got := srv.CommandCalls("hmget"); got != hmget {
 		t.Fatalf("redis saw %d more HMGET across reloads", got-hmget)
 	}
-	var n int
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		if n = ourGoroutines(); n <= baseline {
-			break
+	n, waiting := 0, true
+	defer func() {
+		if waiting { // WaitEvery timed out: show who is left
+			buf := make([]byte, 1<<20)
+			t.Logf("keygate goroutines grew from %d to %d over 20 reloads:\n%s", baseline, n, buf[:runtime.Stack(buf, true)])
 		}
-	}
-	if n > baseline {
-		buf := make([]byte, 1<<20)
-		t.Fatalf("keygate goroutines grew from %d to %d over 20 reloads:\n%s", baseline, n, buf[:runtime.Stack(buf, true)])
-	}
+	}()
+	testutil.WaitEvery(t, 5*time.Second, 50*time.Millisecond, "keygate's goroutines to fall back to the baseline after 20 reloads", func() bool {
+		n = ourGoroutines()
+		return n <= baseline
+	})
+	waiting = false
 	// Redis connections: the same client serves every config.
 	clients, err := srv.Client().ClientList(context.Background()).Result()
 	if err != nil {
