@@ -311,3 +311,72 @@ func lineDiff(a, b string) string {
 	}
 	return out.String()
 }
+
+// TestGoldenDocsConfigJSON keeps docs/config-json.md true: each ```json block there is what
+// the source just before it adapts to, the ```caddyfile block before it or the file named by
+// a line `<!-- adapt: PATH -->` (relative to the repository root). -update rewrites the
+// JSON blocks.
+func TestGoldenDocsConfigJSON(t *testing.T) {
+	update := *updateGolden || os.Getenv("KEYGATE_UPDATE_GOLDEN") == "1"
+	path := filepath.Join("..", "docs", "config-json.md")
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(string(data), "\n")
+	var out []string
+	var source, sourceName string
+	blocks := 0
+	for i := 0; i < len(lines); i++ {
+		l := lines[i]
+		out = append(out, l)
+		switch {
+		case strings.HasPrefix(l, "<!-- adapt: ") && strings.HasSuffix(l, " -->"):
+			sourceName = strings.TrimSuffix(strings.TrimPrefix(l, "<!-- adapt: "), " -->")
+			b, err := os.ReadFile(filepath.Join("..", filepath.FromSlash(sourceName)))
+			if err != nil {
+				t.Fatalf("%s:%d: %v", path, i+1, err)
+			}
+			source = string(b)
+		case l == "```caddyfile":
+			var body []string
+			for i++; i < len(lines) && lines[i] != "```"; i++ {
+				body = append(body, lines[i])
+				out = append(out, lines[i])
+			}
+			out = append(out, "```")
+			source, sourceName = strings.Join(body, "\n")+"\n", fmt.Sprintf("the caddyfile block at line %d", i-len(body))
+		case l == "```json":
+			start := i + 1
+			var body []string
+			for i++; i < len(lines) && lines[i] != "```"; i++ {
+				body = append(body, lines[i])
+			}
+			if source == "" {
+				t.Fatalf("%s:%d: a json block with no caddyfile block or adapt line before it", path, start)
+			}
+			got, err := adaptIndented(source)
+			if err != nil {
+				t.Fatalf("%s:%d: adapting %s: %v", path, start, sourceName, err)
+			}
+			if want := strings.Join(body, "\n"); got != want && !update {
+				t.Errorf("%s:%d: the JSON is no longer what %s adapts to (- doc, + now; -update rewrites it):\n%s", path, start, sourceName, lineDiff(want, got))
+			}
+			out = append(out, strings.Split(got, "\n")...)
+			out = append(out, "```")
+			source, sourceName = "", ""
+			blocks++
+		}
+	}
+	if blocks == 0 {
+		t.Fatalf("%s has no json block", path)
+	}
+	if update {
+		if b := strings.Join(out, "\n"); b != string(data) {
+			if err := os.WriteFile(path, []byte(b), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("rewrote %s", path)
+		}
+	}
+}
