@@ -28,6 +28,8 @@ type API struct {
 	Store  store.Store
 	Tokens []Token
 	Hasher apikey.Hasher
+	// Signer, when set, signs the keys the API mints.
+	Signer *apikey.Signer
 	// Now is the clock (default time.Now).
 	Now    func() time.Time
 	Logger *zap.Logger

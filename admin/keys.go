@@ -98,7 +98,7 @@ func (a *API) createKey(w http.ResponseWriter, r *http.Request, t *Token) error 
 	if err != nil {
 		return err
 	}
-	secret, k, err := store.Mint(a.Hasher, in, *body.Name, expires, now)
+	secret, k, err := a.minter().Mint(in, *body.Name, expires, now)
 	if err != nil {
 		return err
 	}
@@ -213,7 +213,7 @@ func (a *API) rollKey(w http.ResponseWriter, r *http.Request, t *Token) error {
 	if body.ExpiresAt == nil {
 		newExpiry = old.ExpiresAt
 	}
-	secret, next, err := store.Mint(a.Hasher, in, name, newExpiry, now)
+	secret, next, err := a.minter().Mint(in, name, newExpiry, now)
 	if err != nil {
 		return err
 	}
@@ -272,3 +272,5 @@ func writeCreated(w http.ResponseWriter, k store.Key, secret string, now time.Ti
 	out.Secret = secret
 	writeJSON(w, http.StatusCreated, out)
 }
+
+func (a *API) minter() store.Minter { return store.Minter{Hasher: a.Hasher, Signer: a.Signer} }

@@ -244,10 +244,17 @@ func FromMillis(ms int64) time.Time {
 	return time.UnixMilli(ms).UTC()
 }
 
-// Mint makes a new key for instance in: its secret (to show once, never to keep) and the
-// record to store with CreateKey. Times are truncated to the millisecond, as stores keep them.
-func Mint(h apikey.Hasher, in Instance, name string, expiresAt, now time.Time) (secret string, k Key, err error) {
-	secret, err = apikey.Generate(in.Environment)
+// Minter makes new keys: a secret to show once (signed when Signer is set) and the record
+// to store with CreateKey.
+type Minter struct {
+	Hasher apikey.Hasher
+	Signer *apikey.Signer // nil: unsigned keys
+}
+
+// Mint makes a new key for instance in. Times are truncated to the millisecond, as stores
+// keep them.
+func (m Minter) Mint(in Instance, name string, expiresAt, now time.Time) (secret string, k Key, err error) {
+	secret, err = m.Signer.Generate(in.Environment)
 	if err != nil {
 		return "", Key{}, err
 	}
@@ -258,8 +265,13 @@ func Mint(h apikey.Hasher, in Instance, name string, expiresAt, now time.Time) (
 	return secret, Key{
 		ID: id, Instance: in.ID, Environment: in.Environment, Name: name,
 		Prefix:    apikey.DisplayPrefix(secret),
-		Hash:      h.Sum(secret),
+		Hash:      m.Hasher.Sum(secret),
 		CreatedAt: FromMillis(Millis(now)),
 		ExpiresAt: FromMillis(Millis(expiresAt)),
 	}, nil
+}
+
+// Mint makes an unsigned key: Minter{Hasher: h}.Mint.
+func Mint(h apikey.Hasher, in Instance, name string, expiresAt, now time.Time) (secret string, k Key, err error) {
+	return Minter{Hasher: h}.Mint(in, name, expiresAt, now)
 }

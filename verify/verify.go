@@ -69,6 +69,11 @@ type Config struct {
 	TouchInterval time.Duration
 	// Hasher hashes keys (default plain SHA-256).
 	Hasher apikey.Hasher
+	// Signer, when it has secrets, checks presented keys' signature tags before any lookup;
+	// with RequireSigned a key whose tag verifies under no secret is invalid without a store
+	// call, without it such a key is still looked up (keys minted before signing).
+	Signer        *apikey.Signer
+	RequireSigned bool
 	// Now is the clock (default time.Now).
 	Now    func() time.Time
 	Logger *zap.Logger
@@ -114,6 +119,7 @@ type entry struct {
 	env       apikey.Environment
 	expires   int64 // unix nanoseconds; 0: never
 	revoked   bool
+	signed    bool // the key's signature tag verifies (always true without signing)
 	epoch     uint64
 	lastTouch atomic.Int64 // unix nanoseconds of the last last_used_at write queued
 }
@@ -130,6 +136,9 @@ type Stats struct {
 	CacheMisses  atomic.Uint64
 	NegativeHits atomic.Uint64
 	StoreLookups atomic.Uint64
+	// UnsignedKeys counts keys accepted without a valid signature tag while signing is on
+	// (keys minted before it was): when it stays at 0, requiring signed keys is safe.
+	UnsignedKeys atomic.Uint64
 }
 
 // Verifier verifies keys against a store. It is safe for concurrent use; it must be
@@ -219,15 +228,28 @@ func (v *Verifier) verify(key string, want apikey.Environment) Result {
 	if err != nil {
 		return Result{Code: InvalidKey}
 	}
-	if want != apikey.EnvUnknown && env != want {
-		return Result{Code: WrongEnvironment}
-	}
 	h := v.cfg.Hasher.Sum(key)
 	now := v.cfg.Now()
 
 	e, hit := v.cache.Get(cacheKey(&h))
 	if hit && (e.hash != h || e.epoch != v.epoch.Load()) {
 		hit = false
+	}
+	// The signature tag, before the environment and any lookup. A cached entry knows whether
+	// its key is signed: a hit costs no HMAC.
+	signed := true
+	if v.cfg.Signer.Enabled() {
+		if hit {
+			signed = e.signed
+		} else {
+			signed = v.cfg.Signer.Verify(key)
+		}
+		if !signed && v.cfg.RequireSigned {
+			return Result{Code: InvalidKey}
+		}
+	}
+	if want != apikey.EnvUnknown && env != want {
+		return Result{Code: WrongEnvironment}
 	}
 	if hit && v.healthy.Load() {
 		v.Stats.CacheHits.Add(1)
@@ -255,7 +277,7 @@ func (v *Verifier) verify(key string, want apikey.Environment) Result {
 		}
 		return Result{Code: Unavailable}
 	}
-	e = v.fill(h, l, gen)
+	e = v.fill(h, l, gen, signed)
 	return v.decideEntry(e, env, now)
 }
 
@@ -283,9 +305,9 @@ func (v *Verifier) lookup(h apikey.Hash, gen uint64) (store.Lookup, error) {
 
 // fill builds the entry for a lookup and caches it, unless an invalidation or a flush came
 // since the lookup started or the channel is down.
-func (v *Verifier) fill(h apikey.Hash, l store.Lookup, gen uint64) *entry {
+func (v *Verifier) fill(h apikey.Hash, l store.Lookup, gen uint64, signed bool) *entry {
 	e := &entry{hash: h, id: l.ID, instance: l.Instance, env: l.Environment,
-		expires: unixNano(l.ExpiresAt), revoked: !l.RevokedAt.IsZero()}
+		expires: unixNano(l.ExpiresAt), revoked: !l.RevokedAt.IsZero(), signed: signed}
 	v.fillMu.Lock()
 	defer v.fillMu.Unlock()
 	e.epoch = v.epoch.Load()
@@ -319,6 +341,9 @@ func (v *Verifier) decideEntry(e *entry, env apikey.Environment, now time.Time) 
 		return Result{Code: Revoked}
 	case e.expires != 0 && e.expires <= now.UnixNano():
 		return Result{Code: Expired}
+	}
+	if !e.signed {
+		v.Stats.UnsignedKeys.Add(1)
 	}
 	v.touch(e, now)
 	return Result{Code: OK, KeyID: e.id, Instance: e.instance, Environment: e.env}
