@@ -166,6 +166,7 @@ func (h *Admin) getAPI() *admin.API {
 		return nil
 	}
 	api.Ready = h.app.InstancesReady
+	api.Signer = h.app.signer
 	h.lazy.api.Store(api)
 	return api
 }

@@ -22,6 +22,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/keygate/keygate/apikey"
+	"github.com/keygate/keygate/limit"
 	"github.com/keygate/keygate/store"
 	"github.com/keygate/keygate/store/filestore"
 	"github.com/keygate/keygate/store/redisstore"
@@ -59,8 +60,16 @@ type App struct {
 	// Pepper, when set, makes stored hashes HMAC-SHA-256 keyed with it instead of plain
 	// SHA-256. Changing it makes every existing key unknown. Takes {env.*} placeholders.
 	Pepper string `json:"pepper,omitempty"`
+	// FailedAttempts tunes the failed-attempt limit (on by default: 20 per client per minute).
+	FailedAttempts *FailedAttemptsConfig `json:"failed_attempts,omitempty"`
+	// KeySigning, when set, signs new keys and checks presented keys' signature tags before
+	// any lookup.
+	KeySigning *KeySigningConfig `json:"key_signing,omitempty"`
 
-	resolved storeSettings // Store with placeholders and defaults applied
+	resolved storeSettings
+	failed   *limit.FailedAttempts // nil: the limit is off
+	failKey  string
+	signer   *apikey.Signer // Store with placeholders and defaults applied
 	storeRes *storeResource
 	verRes   *verifierResource
 	hasher   apikey.Hasher
@@ -200,6 +209,37 @@ func poolKey(kind string, v any) (string, error) {
 	return kind + ":" + hex.EncodeToString(sum[:]), nil
 }
 
+// FailedAttemptsConfig is the failed-attempt limit: once a client (Caddy's client IP, so
+// trusted_proxies is honoured; IPv6 by prefix) has had Limit requests refused with
+// invalid_api_key within Window, it gets 429 too_many_failed_attempts for every request,
+// decided before the key is parsed, until attempts age out of the window. Each gateway
+// process counts on its own.
+type FailedAttemptsConfig struct {
+	// Off disables the limit.
+	Off bool `json:"off,omitempty"`
+	// Limit is the failed attempts allowed per client per window (default 20).
+	Limit int `json:"limit,omitempty"`
+	// Window is the span they are counted over (default 1m).
+	Window caddy.Duration `json:"window,omitempty"`
+	// MaxClients bounds the clients tracked (default 100000); past it the least recently
+	// failing are forgotten, so an address-rotating flood cannot grow the process.
+	MaxClients int `json:"max_clients,omitempty"`
+	// IPv6Prefix is the prefix length by which IPv6 clients are counted (default 64).
+	IPv6Prefix int `json:"ipv6_prefix,omitempty"`
+}
+
+// KeySigningConfig signs keys: every key minted carries a tag (HMAC-SHA-256 under the first
+// secret) in its last 8 random characters, so that an invented key is refused at the cost of
+// a hash, without a store call.
+type KeySigningConfig struct {
+	// Secrets sign (the first) and verify (all of them: add a new one first to rotate). Each
+	// takes {env.*}; one that resolves empty is ignored. At least 16 bytes each.
+	Secrets []string `json:"secrets,omitempty"`
+	// Require refuses keys whose tag verifies under no secret, without a lookup. Without it
+	// they are still looked up, so keys minted before signing keep working.
+	Require bool `json:"require,omitempty"`
+}
+
 // InstanceConfig is an instance to create at start.
 type InstanceConfig struct {
 	ID          string `json:"id"`
@@ -249,6 +289,13 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 	pepper := repl.ReplaceKnown(a.Pepper, "")
 	a.resolved = sc
+	signing, err := a.provisionSigning(repl)
+	if err != nil {
+		return err
+	}
+	if err := a.provisionFailedAttempts(); err != nil {
+		return err
+	}
 
 	if a.storeKey, err = poolKey("store", sc); err != nil {
 		return err
@@ -265,7 +312,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 		S string
 		C *CacheConfig
 		P string
-	}{a.storeKey, a.Cache, pepper}); err != nil {
+		K []string
+		R bool
+	}{a.storeKey, a.Cache, pepper, signing, a.KeySigning != nil && a.KeySigning.Require}); err != nil {
 		return err
 	}
 	a.hasher = apikey.NewHasher([]byte(pepper))
@@ -278,6 +327,8 @@ func (a *App) Provision(ctx caddy.Context) error {
 		MaxStale:      time.Duration(a.Cache.MaxStale),
 		LookupTimeout: sc.Redis.Timeout,
 		Hasher:        a.hasher,
+		Signer:        a.signer,
+		RequireSigned: a.KeySigning != nil && a.KeySigning.Require,
 		Logger:        a.logger,
 		ObserveLookup: func(d time.Duration) { storeLatency.Observe(d.Seconds()) },
 	}
@@ -403,6 +454,11 @@ func (a *App) Cleanup() error {
 			errs = append(errs, err)
 		}
 	}
+	if a.failKey != "" {
+		if _, err := pool.Delete(a.failKey); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	return errors.Join(errs...)
 }
 
@@ -446,6 +502,71 @@ func (a *App) ensureInstances(ctx context.Context, s store.Store, pending []Inst
 		}
 	}
 }
+
+// provisionSigning resolves the signing secrets and returns them (for the pool key, which
+// hashes them).
+func (a *App) provisionSigning(repl *caddy.Replacer) ([]string, error) {
+	if a.KeySigning == nil {
+		return nil, nil
+	}
+	var secrets []string
+	var raw [][]byte
+	for _, s := range a.KeySigning.Secrets {
+		v := repl.ReplaceKnown(s, "")
+		if v == "" {
+			// Usually the old secret's variable, unset once a rotation is over.
+			a.logger.Warn("key_signing secret resolved empty and is ignored", zap.String("secret", s))
+			continue
+		}
+		secrets = append(secrets, v)
+		raw = append(raw, []byte(v))
+	}
+	if len(raw) == 0 {
+		return nil, errors.New("key_signing: no secret is set (every secret resolved empty); set one, e.g. export NORA_KEY_SIGNING_SECRET=$(openssl rand -hex 32)")
+	}
+	signer, err := apikey.NewSigner(raw...)
+	if err != nil {
+		return nil, fmt.Errorf("key_signing: %v", err)
+	}
+	a.signer = signer
+	return secrets, nil
+}
+
+// provisionFailedAttempts takes the process' failed-attempt limiter from the pool: a reload
+// with the same settings keeps what each client has spent.
+func (a *App) provisionFailedAttempts() error {
+	fc := FailedAttemptsConfig{}
+	if a.FailedAttempts != nil {
+		fc = *a.FailedAttempts
+	}
+	if fc.Off {
+		return nil
+	}
+	cfg := limit.Config{Limit: fc.Limit, Window: time.Duration(fc.Window), MaxClients: fc.MaxClients, IPv6Prefix: fc.IPv6Prefix}
+	key, err := poolKey("failed_attempts", fc)
+	if err != nil {
+		return err
+	}
+	v, _, err := pool.LoadOrNew(key, func() (caddy.Destructor, error) {
+		f, err := limit.NewFailedAttempts(cfg)
+		if err != nil {
+			return nil, err
+		}
+		return failedResource{f}, nil
+	})
+	if err != nil {
+		return fmt.Errorf("failed_attempts: %v", err)
+	}
+	a.failKey = key
+	a.failed = v.(failedResource).f
+	return nil
+}
+
+// failedResource is the pooled failed-attempt limiter; it holds no goroutine or connection.
+type failedResource struct{ f *limit.FailedAttempts }
+
+// Destruct implements caddy.Destructor.
+func (failedResource) Destruct() error { return nil }
 
 // Verifier returns the process' verifier; it is set once the app has started.
 func (a *App) Verifier() *verify.Verifier { return a.verRes.get() }

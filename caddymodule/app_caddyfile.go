@@ -3,11 +3,14 @@ package caddymodule
 import (
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+
+	"github.com/keygate/keygate/apikey"
 )
 
 func init() {
@@ -38,6 +41,17 @@ func init() {
 //
 //		instance <id> sandbox|production <name>
 //		pepper <secret>
+//		failed_attempts off
+//		failed_attempts {
+//			limit <n>
+//			window <duration>
+//			max_clients <n>
+//			ipv6_prefix <bits>
+//		}
+//		key_signing {
+//			secret <secret>
+//			require
+//		}
 //		cache {
 //			size <keys>
 //			ttl <duration>
@@ -96,6 +110,24 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if !d.AllArgs(&a.Pepper) {
 				return d.ArgErr()
 			}
+		case "failed_attempts":
+			if a.FailedAttempts != nil {
+				return d.Err("failed_attempts given twice")
+			}
+			fc, err := parseFailedAttempts(d)
+			if err != nil {
+				return err
+			}
+			a.FailedAttempts = fc
+		case "key_signing":
+			if a.KeySigning != nil {
+				return d.Err("key_signing given twice")
+			}
+			ks, err := parseKeySigning(d)
+			if err != nil {
+				return err
+			}
+			a.KeySigning = ks
 		case "cache":
 			if d.NextArg() {
 				return d.ArgErr()
@@ -138,6 +170,88 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 	}
 	return nil
+}
+
+func parseFailedAttempts(d *caddyfile.Dispenser) (*FailedAttemptsConfig, error) {
+	fc := new(FailedAttemptsConfig)
+	if d.NextArg() {
+		if d.Val() != "off" || d.NextArg() {
+			return nil, d.Errf("failed_attempts: expected off or a block, not %q", d.Val())
+		}
+		if d.NextBlock(d.Nesting()) {
+			return nil, d.Err("failed_attempts off takes no block")
+		}
+		fc.Off = true
+		return fc, nil
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		var arg string
+		if !d.AllArgs(&arg) {
+			return nil, d.ArgErr()
+		}
+		number := func(lo, hi int) (int, error) {
+			n, err := strconv.Atoi(arg)
+			if err != nil || n < lo || n > hi {
+				return 0, d.Errf("failed_attempts %s must be a whole number from %d to %d, not %q", opt, lo, hi, arg)
+			}
+			return n, nil
+		}
+		var err error
+		switch opt {
+		case "limit":
+			fc.Limit, err = number(1, 1_000_000)
+		case "max_clients":
+			fc.MaxClients, err = number(1, 10_000_000)
+		case "ipv6_prefix":
+			fc.IPv6Prefix, err = number(1, 128)
+		case "window":
+			dur, perr := caddy.ParseDuration(arg)
+			if perr != nil || dur < time.Second || dur > 24*time.Hour {
+				return nil, d.Errf("failed_attempts window must be a duration from 1s to 24h, not %q", arg)
+			}
+			fc.Window = caddy.Duration(dur)
+		default:
+			return nil, d.Errf("unrecognized failed_attempts option '%s'", opt)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return fc, nil
+}
+
+func parseKeySigning(d *caddyfile.Dispenser) (*KeySigningConfig, error) {
+	ks := new(KeySigningConfig)
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch d.Val() {
+		case "secret":
+			var sec string
+			if !d.AllArgs(&sec) {
+				return nil, d.ArgErr()
+			}
+			// A literal secret is checked now (without being echoed); a placeholder when the
+			// config loads.
+			if !strings.Contains(sec, "{") && len(sec) < apikey.MinSecretLen {
+				return nil, d.Errf("key_signing secret %d is shorter than %d bytes", len(ks.Secrets)+1, apikey.MinSecretLen)
+			}
+			ks.Secrets = append(ks.Secrets, sec)
+		case "require":
+			if d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			ks.Require = true
+		default:
+			return nil, d.Errf("unrecognized key_signing option '%s'", d.Val())
+		}
+	}
+	if len(ks.Secrets) == 0 {
+		return nil, d.Err("key_signing: expected at least one secret line")
+	}
+	return ks, nil
 }
 
 func parseStore(d *caddyfile.Dispenser) (*StoreConfig, error) {

@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"fmt"
 	"net/http"
+	"net/netip"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -75,12 +76,21 @@ func (a *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	r.Header.Del(HeaderInstance)
 	r.Header.Del(HeaderEnvironment)
 
+	// The failed-attempt limit comes first: a limited client costs no parsing and no lookup.
+	var client netip.Addr
+	if lim := a.app.failed; lim != nil {
+		client = clientAddr(r)
+		if wait, blocked := lim.Blocked(client); blocked {
+			verifications[verify.TooManyFailedAttempts].Inc()
+			return writeRefusalRetry(w, verify.TooManyFailedAttempts, wait)
+		}
+	}
 	key, problem := wire.BearerOrBasic(r.Header.Values("Authorization"), apikey.Len)
 	switch problem {
 	case wire.Missing:
-		return a.refuse(w, verify.Missing)
+		return a.refuse(w, verify.Missing, client)
 	case wire.Invalid:
-		return a.refuse(w, verify.InvalidKey)
+		return a.refuse(w, verify.InvalidKey, client)
 	}
 	v := a.app.Verifier()
 	if v == nil && a.app.awaitStart(r.Context()) {
@@ -88,11 +98,11 @@ func (a *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		v = a.app.Verifier()
 	}
 	if v == nil {
-		return a.refuse(w, verify.Unavailable)
+		return a.refuse(w, verify.Unavailable, client)
 	}
 	res := v.Verify(key, a.want)
 	if res.Code != verify.OK {
-		return a.refuse(w, res.Code)
+		return a.refuse(w, res.Code, client)
 	}
 	verifications[verify.OK].Inc()
 	env := res.Environment.String()
@@ -109,13 +119,24 @@ func (a *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	return next.ServeHTTP(w, r)
 }
 
-// refuse counts and answers a refusal.
-func (a *Auth) refuse(w http.ResponseWriter, c verify.Code) error {
+// refuse counts and answers a refusal; an invalid_api_key is a failed attempt of the client.
+func (a *Auth) refuse(w http.ResponseWriter, c verify.Code, client netip.Addr) error {
+	if c == verify.InvalidKey && a.app.failed != nil {
+		a.app.failed.Fail(client)
+	}
 	verifications[c].Inc()
 	if ce := a.logger.Check(zap.DebugLevel, "api key refused"); ce != nil {
 		ce.Write(zap.Stringer("code", c))
 	}
 	return writeRefusal(w, c)
+}
+
+// clientAddr is the request's client address as Caddy determined it (trusted_proxies
+// honoured); the zero Addr when it has none (a Unix socket), which no limit tracks.
+func clientAddr(r *http.Request) netip.Addr {
+	ip, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
+	a, _ := netip.ParseAddr(ip)
+	return a
 }
 
 // Interface guards

@@ -2,6 +2,8 @@ package caddymodule
 
 import (
 	"net/http"
+	"strconv"
+	"time"
 
 	"github.com/keygate/keygate/internal/wire"
 	"github.com/keygate/keygate/verify"
@@ -38,6 +40,28 @@ func writeRefusal(w http.ResponseWriter, c verify.Code) error {
 		}
 	case http.StatusServiceUnavailable:
 		h["Retry-After"] = hdrRetryOne
+	}
+	return wire.WriteError(w, c.Status(), refusals[c])
+}
+
+// retryHeaders holds the Retry-After values of the first minutes, so that a 429 allocates
+// nothing.
+var retryHeaders = func() (out [301][]string) {
+	for i := range out {
+		out[i] = []string{strconv.Itoa(i)}
+	}
+	return out
+}()
+
+// writeRefusalRetry answers a refusal that the client may retry after wait, in whole
+// seconds (rounded up, at least 1).
+func writeRefusalRetry(w http.ResponseWriter, c verify.Code, wait time.Duration) error {
+	secs := int((wait + time.Second - 1) / time.Second)
+	secs = max(secs, 1)
+	if secs < len(retryHeaders) {
+		w.Header()["Retry-After"] = retryHeaders[secs]
+	} else {
+		w.Header()["Retry-After"] = []string{strconv.Itoa(secs)}
 	}
 	return wire.WriteError(w, c.Status(), refusals[c])
 }

@@ -46,6 +46,8 @@ var (
 			func(s *verify.Stats) uint64 { return s.NegativeHits.Load() }),
 		statCounter("store_lookups_total", "Key lookups sent to the store (concurrent misses share one).",
 			func(s *verify.Stats) uint64 { return s.StoreLookups.Load() }),
+		statCounter("unsigned_key_verifications_total", "Keys accepted without a valid signature tag while key_signing is on (at 0, require is safe).",
+			func(s *verify.Stats) uint64 { return s.UnsignedKeys.Load() }),
 	}
 )
 

@@ -8,7 +8,7 @@ import "net/http"
 // outcome is one constant and one row of the table below.
 type Code uint8
 
-// The outcomes. Missing is decided before Verify (no credential was sent); Verify returns
+// The outcomes. Missing and TooManyFailedAttempts are decided before Verify; Verify returns
 // the others.
 const (
 	OK Code = iota
@@ -18,6 +18,9 @@ const (
 	Expired
 	WrongEnvironment
 	Unavailable
+	// TooManyFailedAttempts: the client is over the failed-attempt limit (decided before
+	// Verify, by the caller).
+	TooManyFailedAttempts
 	// NumCodes is the number of codes, for tables indexed by Code.
 	NumCodes
 )
@@ -46,6 +49,8 @@ var outcomes = [NumCodes]outcome{
 	WrongEnvironment: {http.StatusUnauthorized, TypeAuthentication, "api_key_wrong_environment",
 		"This API key belongs to the other environment: sk_live_ keys are for production, sk_test_ keys for sandbox."},
 	Unavailable: {http.StatusServiceUnavailable, TypeAPI, "auth_unavailable", "API keys cannot be checked right now. Retry shortly."},
+	TooManyFailedAttempts: {http.StatusTooManyRequests, TypeRateLimit, "too_many_failed_attempts",
+		"Too many requests with an invalid API key came from this address. Retry after the time in Retry-After."},
 }
 
 // String returns the code as the API spells it ("ok" for OK).
