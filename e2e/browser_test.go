@@ -1,6 +1,6 @@
 package e2e
 
-// Browser tests of the "API keys" web page (SPEC §6): a real keygate process serves the page
+// Browser tests of the "API keys" web page: a real keygate process serves the page
 // and the admin API, and Debian's Chromium, driven by chromedp, uses it the way a person does.
 
 import (
@@ -28,6 +28,7 @@ import (
 	"github.com/chromedp/chromedp/kb"
 
 	"github.com/keygate/keygate/apikey"
+	"github.com/keygate/keygate/internal/testutil"
 )
 
 const chromiumPath = "/usr/bin/chromium"
@@ -119,20 +120,23 @@ http://127.0.0.1:%d {
 `, filepath.Join(t.TempDir(), "keys.db"), gw, up, up, adm, fullToken, readToken, createToken, instanceToken)
 	g := startGateway(t, cf, gw)
 	env := &pageEnv{admin: fmt.Sprintf("http://127.0.0.1:%d", adm), gateway: g.url}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	var healthErr error
+	defer func() {
+		if healthErr != nil { // the wait below timed out
+			t.Logf("last /healthz: %v", healthErr)
+		}
+	}()
+	testutil.WaitEvery(t, 10*time.Second, 20*time.Millisecond, "the admin endpoint to become healthy", func() bool {
 		resp, err := client.Get(env.admin + "/healthz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				break
-			}
+		if healthErr = err; err != nil {
+			return false
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the admin endpoint did not become healthy: %v", err)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			healthErr = fmt.Errorf("/healthz answered %d", resp.StatusCode)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return healthErr == nil
+	})
 
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(chromiumPath),
@@ -318,17 +322,19 @@ func js[T any](tb *tab, expr string) T {
 // waitJS waits until the expression is true.
 func (tb *tab) waitJS(expr, what string) {
 	tb.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		ok, err := chromedp.Run(tb.ctx, chromedp.Evaluate[bool]("!!("+expr+")"))
-		if err == nil && ok {
-			return
+	var err error
+	waiting := true
+	defer func() {
+		if waiting { // the wait below timed out
+			tb.t.Logf("%s: %v\n%s", expr, err, tb.state())
 		}
-		if time.Now().After(deadline) {
-			tb.t.Fatalf("timed out waiting until %s (%s): %v\n%s", what, expr, err, tb.state())
-		}
-		time.Sleep(15 * time.Millisecond)
-	}
+	}()
+	testutil.WaitEvery(tb.t, 10*time.Second, 15*time.Millisecond, what, func() bool {
+		var ok bool
+		ok, err = chromedp.Run(tb.ctx, chromedp.Evaluate[bool]("!!("+expr+")"))
+		return err == nil && ok
+	})
+	waiting = false
 }
 
 // state describes the page for a failure message.
@@ -491,23 +497,16 @@ func (e *pageEnv) testViolationDetector(t *testing.T) {
 	tb := e.newTab(t)
 	tb.open()
 	js[chromedp.Void](tb, `(() => { const s = document.createElement('script'); s.textContent = 'window.x = 1'; document.body.append(s); })()`)
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	testutil.WaitEvery(t, 5*time.Second, 20*time.Millisecond, "the console watch to see the inline script break the CSP", func() bool {
 		tb.mu.Lock()
-		n := len(tb.problems)
-		if n > 0 {
-			t.Logf("seen: %s", tb.problems[0])
-			tb.problems = nil // expected here: keep the tab's own check green
+		defer tb.mu.Unlock()
+		if len(tb.problems) == 0 {
+			return false
 		}
-		tb.mu.Unlock()
-		if n > 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("an inline script broke the CSP and the console watch saw nothing")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		t.Logf("seen: %s", tb.problems[0])
+		tb.problems = nil // expected here: keep the tab's own check green
+		return true
+	})
 }
 
 func (e *pageEnv) testCreateUseRevoke(t *testing.T) {
@@ -649,17 +648,16 @@ func (e *pageEnv) testCreateUseRevoke(t *testing.T) {
 	js[chromedp.Void](tb, `document.activeElement.blur()`)
 	tb.screenshot("keys-list.png")
 
-	deadline := time.Now().Add(2 * time.Second)
-	for {
-		st, code := e.gatewayStatus(t, secret)
-		if st == 401 && code == "api_key_revoked" {
-			break
+	st, code := 0, ""
+	defer func() {
+		if code != "api_key_revoked" { // the wait below timed out
+			t.Logf("the gateway still answers %d %s for the revoked key", st, code)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the gateway still answers %d %s for the revoked key", st, code)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	}()
+	testutil.WaitFor(t, 2*time.Second, "the gateway to refuse the revoked key", func() bool {
+		st, code = e.gatewayStatus(t, secret)
+		return st == 401 && code == "api_key_revoked"
+	})
 }
 
 func (e *pageEnv) testReadOnly(t *testing.T) {

@@ -23,6 +23,7 @@ import (
 
 	"github.com/keygate/keygate/apikey"
 	"github.com/keygate/keygate/internal/redistest"
+	"github.com/keygate/keygate/internal/testutil"
 	"github.com/keygate/keygate/store"
 	"github.com/keygate/keygate/store/redisstore"
 )
@@ -90,12 +91,11 @@ func startGateway(t *testing.T, caddyfile string, port int, env ...string) *gate
 			t.Logf("gateway log:\n%s", tail(string(b), 4000))
 		}
 	})
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	testutil.WaitEvery(t, 30*time.Second, 20*time.Millisecond, "keygate to start listening", func() bool {
 		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 100*time.Millisecond)
 		if err == nil {
 			c.Close()
-			return g
+			return true
 		}
 		select {
 		case <-exited:
@@ -103,11 +103,9 @@ func startGateway(t *testing.T, caddyfile string, port int, env ...string) *gate
 			t.Fatalf("keygate exited:\n%s", tail(string(b), 4000))
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("keygate did not start listening")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return false
+	})
+	return g
 }
 
 func tail(s string, n int) string {
@@ -197,17 +195,20 @@ func TestQuickStartWalkthrough(t *testing.T) {
 		err := cmd.Run()
 		return out.String(), errb.String(), err
 	}
-	var secret string
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		out, errOut, err := keys("create", "--instance", "demo-sandbox", "--name", "My laptop")
-		if err == nil {
-			secret = strings.TrimSpace(out)
-			break
+	var secret, createErrOut string
+	var createErr error
+	defer func() {
+		if createErr != nil { // the wait below timed out
+			t.Logf("last keys create: %v: %s", createErr, createErrOut)
 		}
-		if time.Now().After(deadline) { // the instances are created just after start
-			t.Fatalf("keys create: %v: %s", err, errOut)
-		}
-	}
+	}()
+	// The instances are created just after start.
+	testutil.WaitEvery(t, 10*time.Second, 50*time.Millisecond, "keys create to succeed", func() bool {
+		var out string
+		out, createErrOut, createErr = keys("create", "--instance", "demo-sandbox", "--name", "My laptop")
+		secret = strings.TrimSpace(out)
+		return createErr == nil
+	})
 	if _, err := apikey.Parse(secret); err != nil {
 		t.Fatalf("keys create printed %q, not a key", secret)
 	}
@@ -281,17 +282,10 @@ http://127.0.0.1:%d {
 	// The test's own store client plays the admin side: the same Redis, the same prefix.
 	c.store = redisstore.New(redis.NewClient(&redis.Options{Addr: c.srv.Addr}), redisstore.Options{})
 	t.Cleanup(func() { c.store.Close() })
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testutil.WaitFor(t, 10*time.Second, "the gateways to create their instances", func() bool {
 		ins, _ := c.store.Instances(context.Background())
-		if len(ins) == 2 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("gateways did not create their instances")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return len(ins) == 2
+	})
 	return c
 }
 
