@@ -314,7 +314,8 @@ func (a *App) Provision(ctx caddy.Context) error {
 		P string
 		K []string
 		R bool
-	}{a.storeKey, a.Cache, pepper, signing, a.KeySigning != nil && a.KeySigning.Require}); err != nil {
+		F string
+	}{a.storeKey, a.Cache, pepper, signing, a.KeySigning != nil && a.KeySigning.Require, a.failKey}); err != nil {
 		return err
 	}
 	a.hasher = apikey.NewHasher([]byte(pepper))
@@ -331,6 +332,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 		RequireSigned: a.KeySigning != nil && a.KeySigning.Require,
 		Logger:        a.logger,
 		ObserveLookup: func(d time.Duration) { storeLatency.Observe(d.Seconds()) },
+	}
+	if a.failed != nil {
+		cfg.Attempts = a.failed
 	}
 	v, _, err = pool.LoadOrNew(a.verKey, func() (caddy.Destructor, error) {
 		return &verifierResource{cfg: cfg}, nil
@@ -388,6 +392,7 @@ func (a *App) Start() error {
 		return err
 	}
 	currentVerifier.Store(v)
+	currentFailed.Store(a.failed)
 	close(a.started)
 	ctx, cancel := context.WithCancel(context.Background())
 	a.cancel = cancel

@@ -88,9 +88,12 @@ func (a *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	key, problem := wire.BearerOrBasic(r.Header.Values("Authorization"), apikey.Len)
 	switch problem {
 	case wire.Missing:
-		return a.refuse(w, verify.Missing, client)
+		return a.refuse(w, verify.Missing)
 	case wire.Invalid:
-		return a.refuse(w, verify.InvalidKey, client)
+		if a.app.failed != nil {
+			a.app.failed.Fail(client)
+		}
+		return a.refuse(w, verify.InvalidKey)
 	}
 	v := a.app.Verifier()
 	if v == nil && a.app.awaitStart(r.Context()) {
@@ -98,11 +101,17 @@ func (a *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		v = a.app.Verifier()
 	}
 	if v == nil {
-		return a.refuse(w, verify.Unavailable, client)
+		return a.refuse(w, verify.Unavailable)
 	}
-	res := v.Verify(key, a.want)
-	if res.Code != verify.OK {
-		return a.refuse(w, res.Code, client)
+	// verify counts the client's failed attempts, and admits its store lookups.
+	res := v.VerifyFrom(key, a.want, client)
+	switch res.Code {
+	case verify.OK:
+	case verify.TooManyFailedAttempts:
+		verifications[res.Code].Inc()
+		return writeRefusalRetry(w, res.Code, res.RetryAfter)
+	default:
+		return a.refuse(w, res.Code)
 	}
 	verifications[verify.OK].Inc()
 	env := res.Environment.String()
@@ -119,11 +128,8 @@ func (a *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	return next.ServeHTTP(w, r)
 }
 
-// refuse counts and answers a refusal; an invalid_api_key is a failed attempt of the client.
-func (a *Auth) refuse(w http.ResponseWriter, c verify.Code, client netip.Addr) error {
-	if c == verify.InvalidKey && a.app.failed != nil {
-		a.app.failed.Fail(client)
-	}
+// refuse counts and answers a refusal.
+func (a *Auth) refuse(w http.ResponseWriter, c verify.Code) error {
 	verifications[c].Inc()
 	if ce := a.logger.Check(zap.DebugLevel, "api key refused"); ce != nil {
 		ce.Write(zap.Stringer("code", c))

@@ -6,6 +6,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/keygate/keygate/limit"
 	"github.com/keygate/keygate/verify"
 )
 
@@ -36,6 +37,18 @@ var (
 
 	// currentVerifier is the verifier of the latest started config, read by the cache metrics.
 	currentVerifier atomic.Pointer[verify.Verifier]
+	// currentFailed is the failed-attempt limiter of the latest started config (nil: off).
+	currentFailed atomic.Pointer[limit.FailedAttempts]
+
+	failedClients = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "keygate", Name: "failed_attempt_clients",
+		Help: "Clients the failed-attempt limit tracks (at most its max_clients).",
+	}, func() float64 {
+		if f := currentFailed.Load(); f != nil {
+			return float64(f.Tracked())
+		}
+		return 0
+	})
 
 	statCollectors = []prometheus.Collector{
 		statCounter("cache_hits_total", "Verifications answered from the positive cache.",
@@ -65,7 +78,7 @@ func registerMetrics(reg prometheus.Registerer) error {
 	if reg == nil {
 		return nil
 	}
-	for _, c := range append([]prometheus.Collector{verificationsVec, storeLatency, invalidationLag}, statCollectors...) {
+	for _, c := range append([]prometheus.Collector{verificationsVec, storeLatency, invalidationLag, failedClients}, statCollectors...) {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {

@@ -83,6 +83,7 @@ type client struct {
 	prev, next int32 // recency list (most recently failing first); -1: none
 	last       int64 // the newest part written
 	counts     [slots]uint16
+	pending    uint16 // lookups admitted and not yet settled
 }
 
 type shard struct {
@@ -93,8 +94,8 @@ type shard struct {
 	tail    int32 // least recently failing: the one to forget
 }
 
-// FailedAttempts counts failed attempts per client. It is safe for concurrent use, and
-// neither Blocked nor Fail allocates.
+// FailedAttempts counts failed attempts per client. It is safe for concurrent use, and no
+// method allocates.
 type FailedAttempts struct {
 	cfg    Config
 	part   time.Duration // Window / subWindows
@@ -159,9 +160,13 @@ func (f *FailedAttempts) Blocked(a netip.Addr) (retryAfter time.Duration, blocke
 	if !ok {
 		return 0, false
 	}
-	c := &s.clients[i]
+	return f.wait(&s.clients[i], cur, elapsed, 0)
+}
+
+// wait is Blocked for a tracked client, with extra attempts (lookups in flight) counted.
+func (f *FailedAttempts) wait(c *client, cur int64, elapsed time.Duration, extra int) (time.Duration, bool) {
 	oldest := max(cur-subWindows, c.last-slots+1)
-	total := 0
+	total := extra
 	for p := oldest; p <= c.last; p++ {
 		total += int(c.counts[p%slots])
 	}
@@ -175,7 +180,51 @@ func (f *FailedAttempts) Blocked(a netip.Addr) (retryAfter time.Duration, blocke
 			return time.Duration(p+subWindows+1)*f.part - elapsed, true
 		}
 	}
-	return f.cfg.Window, true // not reached: total ends at 0
+	// Only lookups in flight hold the attempts: they settle within a lookup's time.
+	return time.Second, true
+}
+
+// Admit is asked before a request costs a store lookup: it refuses the lookup when the
+// client's failed attempts plus its lookups in flight reach the limit, so that concurrent
+// requests cannot overshoot it, and otherwise counts the lookup in flight until Settle. A
+// client seen for the first time is tracked from here, as the least recently failing.
+func (f *FailedAttempts) Admit(a netip.Addr) (retryAfter time.Duration, ok bool) {
+	if !a.IsValid() {
+		return 0, true
+	}
+	k := f.keyOf(a)
+	s := f.shardOf(&k)
+	cur, elapsed := f.now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	i := s.find(k, cur, false)
+	c := &s.clients[i]
+	if wait, blocked := f.wait(c, cur, elapsed, int(c.pending)); blocked {
+		return wait, false
+	}
+	if c.pending < ^uint16(0) {
+		c.pending++
+	}
+	return 0, true
+}
+
+// Settle ends a lookup that Admit let through: failed says whether it found no key (a
+// failed attempt).
+func (f *FailedAttempts) Settle(a netip.Addr, failed bool) {
+	if !a.IsValid() {
+		return
+	}
+	k := f.keyOf(a)
+	s := f.shardOf(&k)
+	cur, _ := f.now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if i, ok := s.index[k]; ok && s.clients[i].pending > 0 {
+		s.clients[i].pending--
+	}
+	if failed {
+		f.fail(s, k, cur)
+	}
 }
 
 // Fail records a failed attempt by the client at a. An invalid address is not tracked.
@@ -188,20 +237,11 @@ func (f *FailedAttempts) Fail(a netip.Addr) {
 	cur, _ := f.now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	i, ok := s.index[k]
-	switch {
-	case ok:
-		s.unlink(i)
-	case len(s.clients) < cap(s.clients):
-		i = int32(len(s.clients))
-		s.clients = append(s.clients, client{})
-		s.init(i, k, cur)
-	default: // full: forget the least recently failing client
-		i = s.tail
-		s.unlink(i)
-		delete(s.index, s.clients[i].key)
-		s.init(i, k, cur)
-	}
+	f.fail(s, k, cur)
+}
+
+func (f *FailedAttempts) fail(s *shard, k clientKey, cur int64) {
+	i := s.find(k, cur, true)
 	c := &s.clients[i]
 	if cur > c.last {
 		for p := max(c.last+1, cur-slots+1); p <= cur; p++ {
@@ -212,7 +252,33 @@ func (f *FailedAttempts) Fail(a netip.Addr) {
 	if n := &c.counts[cur%slots]; *n < ^uint16(0) {
 		*n++
 	}
+	s.unlink(i)
 	s.pushFront(i)
+}
+
+// find returns the client k, tracking it if need be: at the front of the recency list (a
+// failure) or at the back (a lookup admitted), forgetting the least recently failing client
+// when the shard is full.
+func (s *shard) find(k clientKey, cur int64, front bool) int32 {
+	i, ok := s.index[k]
+	if ok {
+		return i
+	}
+	if len(s.clients) < cap(s.clients) {
+		i = int32(len(s.clients))
+		s.clients = append(s.clients, client{})
+	} else {
+		i = s.tail
+		s.unlink(i)
+		delete(s.index, s.clients[i].key)
+	}
+	s.init(i, k, cur)
+	if front {
+		s.pushFront(i)
+	} else {
+		s.pushBack(i)
+	}
+	return i
 }
 
 func (s *shard) init(i int32, k clientKey, cur int64) {
@@ -233,6 +299,18 @@ func (s *shard) unlink(i int32) {
 		s.tail = c.prev
 	}
 	c.prev, c.next = -1, -1
+}
+
+func (s *shard) pushBack(i int32) {
+	c := &s.clients[i]
+	c.prev, c.next = s.tail, -1
+	if s.tail >= 0 {
+		s.clients[s.tail].next = i
+	}
+	s.tail = i
+	if s.head < 0 {
+		s.head = i
+	}
 }
 
 func (s *shard) pushFront(i int32) {

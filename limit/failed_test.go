@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -265,5 +266,70 @@ func BenchmarkFailRotating(b *testing.B) {
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
 		f.Fail(addrs[i&(len(addrs)-1)])
+	}
+}
+
+// Admit bounds the lookups a client can have in flight plus its failures by the limit, so
+// that a burst of concurrent requests cannot overshoot it; Settle frees the slot, counting a
+// failure when the lookup found nothing.
+func TestAdmitBoundsConcurrentLookups(t *testing.T) {
+	f, _ := newLimiter(t, Config{Limit: 5})
+	var admitted atomic.Int64
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			if _, ok := f.Admit(addr); ok {
+				admitted.Add(1)
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	if n := admitted.Load(); n != 5 {
+		t.Fatalf("%d lookups admitted at once, want the limit (5)", n)
+	}
+	if _, b := f.Blocked(addr); b {
+		t.Fatal("lookups in flight count as failures for Blocked")
+	}
+	// Two were real keys, three found nothing.
+	f.Settle(addr, false)
+	f.Settle(addr, false)
+	for range 3 {
+		f.Settle(addr, true)
+	}
+	if _, b := f.Blocked(addr); b {
+		t.Fatal("blocked after 3 failures of 5")
+	}
+	for range 2 {
+		if _, ok := f.Admit(addr); !ok {
+			t.Fatal("refused with attempts left")
+		}
+	}
+	if wait, ok := f.Admit(addr); ok || wait <= 0 {
+		t.Fatalf("admitted past the limit (or no wait: %v)", wait)
+	}
+	f.Settle(addr, true)
+	f.Settle(addr, true)
+	if _, b := f.Blocked(addr); !b {
+		t.Fatal("not blocked after 5 failures")
+	}
+	// An address seen only by Admit is the first forgotten when the shard is full.
+	var none netip.Addr
+	if _, ok := f.Admit(none); !ok {
+		t.Fatal("an unknown address was refused")
+	}
+}
+
+func TestAdmitSettleNoAllocations(t *testing.T) {
+	if raceEnabled {
+		t.Skip("allocations are counted without -race")
+	}
+	f, _ := newLimiter(t, Config{Limit: 1000})
+	if n := testing.AllocsPerRun(500, func() { f.Admit(addr); f.Settle(addr, false) }); n != 0 {
+		t.Fatalf("Admit+Settle allocate %v times", n)
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"net/netip"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -47,6 +48,21 @@ type Result struct {
 	KeyID       string
 	Instance    string
 	Environment apikey.Environment
+	// RetryAfter is set with TooManyFailedAttempts: how long until the client may retry.
+	RetryAfter time.Duration
+}
+
+// Attempts is the failed-attempt limit as a Verifier uses it (package limit implements it):
+// every invalid_api_key is a failed attempt of the client, and a store lookup is admitted
+// first, so that the lookups a client can cause stay within its limit even when its
+// requests arrive all at once.
+type Attempts interface {
+	// Admit is asked before a store lookup; false refuses it (retry after the duration).
+	Admit(client netip.Addr) (retryAfter time.Duration, ok bool)
+	// Settle ends an admitted lookup; failed: it found no key.
+	Settle(client netip.Addr, failed bool)
+	// Fail records a failed attempt decided without a lookup.
+	Fail(client netip.Addr)
 }
 
 // Config tunes a Verifier. Zero fields take the defaults documented on each field.
@@ -74,6 +90,9 @@ type Config struct {
 	// call, without it such a key is still looked up (keys minted before signing).
 	Signer        *apikey.Signer
 	RequireSigned bool
+	// Attempts, when set, is told of the failed attempts of VerifyFrom's clients and admits
+	// their store lookups.
+	Attempts Attempts
 	// Now is the clock (default time.Now).
 	Now    func() time.Time
 	Logger *zap.Logger
@@ -218,15 +237,26 @@ func cacheKey(h *apikey.Hash) uint64 { return binary.LittleEndian.Uint64(h[:8]) 
 
 // Verify decides on key for a route that accepts want (EnvUnknown: any environment).
 func (v *Verifier) Verify(key string, want apikey.Environment) Result {
-	r := v.verify(key, want)
+	return v.VerifyFrom(key, want, netip.Addr{})
+}
+
+// VerifyFrom is Verify for a request from client, whose failed attempts Config.Attempts
+// counts (an invalid Addr: none).
+func (v *Verifier) VerifyFrom(key string, want apikey.Environment, client netip.Addr) Result {
+	r, counted := v.verify(key, want, client)
+	if r.Code == InvalidKey && !counted && v.cfg.Attempts != nil {
+		v.cfg.Attempts.Fail(client)
+	}
 	v.Stats.Results[r.Code].Add(1)
 	return r
 }
 
-func (v *Verifier) verify(key string, want apikey.Environment) Result {
+// verify decides; counted says that an invalid key was already counted as a failed attempt
+// (by settling its lookup).
+func (v *Verifier) verify(key string, want apikey.Environment, client netip.Addr) (_ Result, counted bool) {
 	env, err := apikey.Parse(key)
 	if err != nil {
-		return Result{Code: InvalidKey}
+		return Result{Code: InvalidKey}, false
 	}
 	h := v.cfg.Hasher.Sum(key)
 	now := v.cfg.Now()
@@ -245,40 +275,49 @@ func (v *Verifier) verify(key string, want apikey.Environment) Result {
 			signed = v.cfg.Signer.Verify(key)
 		}
 		if !signed && v.cfg.RequireSigned {
-			return Result{Code: InvalidKey}
+			return Result{Code: InvalidKey}, false
 		}
 	}
 	if want != apikey.EnvUnknown && env != want {
-		return Result{Code: WrongEnvironment}
+		return Result{Code: WrongEnvironment}, false
 	}
 	if hit && v.healthy.Load() {
 		v.Stats.CacheHits.Add(1)
-		return v.decideEntry(e, env, now)
+		return v.decideEntry(e, env, now), false
 	}
 	if !hit {
 		v.Stats.CacheMisses.Add(1)
 		if exp, ok := v.neg.Get(h); ok && exp > now.UnixNano() {
 			v.Stats.NegativeHits.Add(1)
-			return Result{Code: InvalidKey}
+			return Result{Code: InvalidKey}, false
 		}
 	}
 
+	if v.cfg.Attempts != nil {
+		wait, ok := v.cfg.Attempts.Admit(client)
+		if !ok {
+			return Result{Code: TooManyFailedAttempts, RetryAfter: wait}, false
+		}
+	}
 	gen := v.gen.Load()
 	l, err := v.lookup(h, gen)
+	if v.cfg.Attempts != nil {
+		v.cfg.Attempts.Settle(client, errors.Is(err, store.ErrKeyNotFound))
+	}
 	switch {
 	case errors.Is(err, store.ErrKeyNotFound):
 		v.neg.Add(h, now.Add(v.cfg.NegativeTTL).UnixNano())
-		return Result{Code: InvalidKey}
+		return Result{Code: InvalidKey}, true
 	case err != nil:
 		// The store failed. A cached entry may answer while the channel has been down for
 		// less than MaxStale (it dropped at the latest when this lookup failed).
 		if hit && !v.healthy.Load() && now.UnixNano()-v.downSince.Load() <= int64(v.cfg.MaxStale) {
-			return v.decideEntry(e, env, now)
+			return v.decideEntry(e, env, now), false
 		}
-		return Result{Code: Unavailable}
+		return Result{Code: Unavailable}, false
 	}
 	e = v.fill(h, l, gen, signed)
-	return v.decideEntry(e, env, now)
+	return v.decideEntry(e, env, now), false
 }
 
 // lookup asks the store, sharing the call with concurrent lookups of the same key that

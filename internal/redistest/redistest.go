@@ -196,3 +196,30 @@ func parseCalls(info, cmd string) int64 {
 	}
 	return 0
 }
+
+// AllCommandCalls returns INFO commandstats' call count of every command the server has run
+// (lower-case names, "hmget", "xread|…" subcommands as Redis writes them).
+func (s *Server) AllCommandCalls() map[string]int64 {
+	s.t.Helper()
+	c := redis.NewClient(&redis.Options{Addr: s.Addr})
+	defer c.Close()
+	info, err := c.Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		s.t.Fatalf("INFO commandstats: %v", err)
+	}
+	out := map[string]int64{}
+	sc := bufio.NewScanner(strings.NewReader(info))
+	for sc.Scan() {
+		name, rest, ok := strings.Cut(strings.TrimPrefix(sc.Text(), "cmdstat_"), ":calls=")
+		if !ok {
+			continue
+		}
+		end := 0
+		for end < len(rest) && rest[end] >= '0' && rest[end] <= '9' {
+			end++
+		}
+		n, _ := strconv.ParseInt(rest[:end], 10, 64)
+		out[name] = n
+	}
+	return out
+}
