@@ -97,3 +97,32 @@ func TestSigningRotationInVerify(t *testing.T) {
 	g.expect(old, apikey.EnvUnknown, InvalidKey)
 	g.expect(fresh, apikey.EnvUnknown, OK)
 }
+
+// A signed key on a cache hit, with require: the tag is read from the entry, not recomputed.
+func BenchmarkVerifyCacheHitSigned(b *testing.B) {
+	sg := signer(b, signingSecret, oldSigningSecret)
+	f := newFixture(b, nil, Config{Now: time.Now, Size: 1_000_000, Signer: sg, RequireSigned: true})
+	secret := f.mintWith(store.Minter{Hasher: f.hasher, Signer: sg})
+	f.warm(secret)
+	b.ReportAllocs()
+	for b.Loop() {
+		if f.v.Verify(secret, apikey.EnvUnknown).Code != OK {
+			b.Fatal("not ok")
+		}
+	}
+}
+
+// An invented key with require: refused at the cost of the tag's HMACs (two secrets).
+func BenchmarkVerifyInventedKeySigned(b *testing.B) {
+	f := newFixture(b, nil, Config{Now: time.Now, Signer: signer(b, signingSecret, oldSigningSecret), RequireSigned: true})
+	invented, _ := apikey.Generate(apikey.Sandbox)
+	b.ReportAllocs()
+	for b.Loop() {
+		if f.v.Verify(invented, apikey.EnvUnknown).Code != InvalidKey {
+			b.Fatal("not refused")
+		}
+	}
+	if n := f.st.lookups.Load(); n != 0 {
+		b.Fatalf("%d lookups", n)
+	}
+}
