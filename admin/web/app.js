@@ -1,4 +1,4 @@
-// keygate "API keys" page: plain JS over the admin JSON API (SPEC §5, §6). The admin token
+// keygate "API keys" page: plain JS over the admin JSON API (see the README). The admin token
 // lives in sessionStorage only; key secrets are never stored and leave the DOM on Close.
 'use strict';
 (function () {
@@ -7,6 +7,8 @@
   var PAGE = 100;
 
   function $(id) { return document.getElementById(id); }
+  // A key's prefix as the page shows it, "sk_live_abc123…" (apikey.Mask in Go).
+  function mask(prefix) { return prefix + '…'; }
 
   var state = {
     me: null, instances: [], instance: '', keys: [], cursors: [], hasMore: false,
@@ -242,7 +244,7 @@
     var keyCell = cell('key');
     var code = document.createElement('code');
     code.className = 'key-prefix';
-    code.textContent = k.prefix + '…';
+    code.textContent = mask(k.prefix);
     keyCell.appendChild(code);
     tr.appendChild(keyCell);
 
@@ -453,7 +455,7 @@
     state.revoking = k;
     state.opener = btn;
     $('revoke-name').textContent = k.name;
-    $('revoke-prefix').textContent = k.prefix + '…';
+    $('revoke-prefix').textContent = mask(k.prefix);
     setError('revoke-error', '');
     $('revoke-submit').disabled = false;
     $('revoke-submit').textContent = 'Revoke key';

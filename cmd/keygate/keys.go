@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/keygate/keygate/admin"
+	"github.com/keygate/keygate/apikey"
 )
 
 // The `keys` command group: create, list, revoke and roll API keys through the admin JSON API
@@ -473,7 +474,7 @@ func writeKeyTable(w io.Writer, keys []admin.Key) error {
 }
 
 // maskPrefix shows a key's prefix as the page does: "sk_live_abc123…".
-func maskPrefix(prefix string) string { return clean(prefix) + "…" }
+func maskPrefix(prefix string) string { return apikey.Mask(clean(prefix)) }
 
 // fmtExpiry shows an expiry: "Never", a date when it falls at 00:00 UTC (how expiries are
 // given), else the instant.
