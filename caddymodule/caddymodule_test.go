@@ -119,6 +119,12 @@ func call(t *testing.T, url string, auth ...string) answer {
 	for _, a := range auth {
 		req.Header.Add("Authorization", a)
 	}
+	return send(t, req)
+}
+
+// send sends req and reads the answer (the error body decoded when it is not a 200).
+func send(t *testing.T, req *http.Request) answer {
+	t.Helper()
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)

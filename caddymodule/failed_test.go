@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"path/filepath"
 	"strconv"
@@ -53,19 +52,7 @@ func callFrom(t *testing.T, url, from, auth string) answer {
 	if auth != "" {
 		req.Header.Set("Authorization", auth)
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	a := answer{status: resp.StatusCode, header: resp.Header, body: string(b)}
-	if resp.StatusCode != 200 {
-		if err := json.Unmarshal(b, &a); err != nil {
-			t.Fatalf("error body is not JSON: %q", b)
-		}
-	}
-	return a
+	return send(t, req)
 }
 
 func inventedKey(t *testing.T) string {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/keygate/keygate/apikey"
 	"github.com/keygate/keygate/internal/redistest"
+	"github.com/keygate/keygate/internal/testutil"
 	"github.com/keygate/keygate/store"
 	"github.com/keygate/keygate/store/redisstore"
 )
@@ -69,6 +70,10 @@ http://127.0.0.1:%d {
 	}
 	t.Cleanup(func() { s.Close() })
 	g.store = s
+	testutil.WaitFor(t, 10*time.Second, "the gateway to create its instance", func() bool {
+		_, err := s.Instance(context.Background(), "acme-sandbox")
+		return err == nil
+	})
 	return g
 }
 

@@ -134,6 +134,15 @@ func (f *FailedAttempts) keyOf(a netip.Addr) clientKey {
 	return a.As16()
 }
 
+// lock finds and locks the shard of the client at a; the caller unlocks it.
+func (f *FailedAttempts) lock(a netip.Addr) (s *shard, k clientKey, cur int64, elapsed time.Duration) {
+	k = f.keyOf(a)
+	s = f.shardOf(&k)
+	cur, elapsed = f.now()
+	s.mu.Lock()
+	return s, k, cur, elapsed
+}
+
 func (f *FailedAttempts) shardOf(k *clientKey) *shard {
 	h := (binary.LittleEndian.Uint64(k[:8]) ^ binary.LittleEndian.Uint64(k[8:])) * 0x9E3779B97F4A7C15
 	return &f.shards[h>>(64-6)]
@@ -151,10 +160,7 @@ func (f *FailedAttempts) Blocked(a netip.Addr) (retryAfter time.Duration, blocke
 	if !a.IsValid() {
 		return 0, false
 	}
-	k := f.keyOf(a)
-	s := f.shardOf(&k)
-	cur, elapsed := f.now()
-	s.mu.Lock()
+	s, k, cur, elapsed := f.lock(a)
 	defer s.mu.Unlock()
 	i, ok := s.index[k]
 	if !ok {
@@ -163,13 +169,19 @@ func (f *FailedAttempts) Blocked(a netip.Addr) (retryAfter time.Duration, blocke
 	return f.wait(&s.clients[i], cur, elapsed, 0)
 }
 
+// failures counts the client's failed attempts within the window.
+func (f *FailedAttempts) failures(c *client, cur int64) int {
+	n := 0
+	for p := max(cur-subWindows, c.last-slots+1); p <= c.last; p++ {
+		n += int(c.counts[p%slots])
+	}
+	return n
+}
+
 // wait is Blocked for a tracked client, with extra attempts (lookups in flight) counted.
 func (f *FailedAttempts) wait(c *client, cur int64, elapsed time.Duration, extra int) (time.Duration, bool) {
 	oldest := max(cur-subWindows, c.last-slots+1)
-	total := extra
-	for p := oldest; p <= c.last; p++ {
-		total += int(c.counts[p%slots])
-	}
+	total := extra + f.failures(c, cur)
 	if total < f.cfg.Limit {
 		return 0, false
 	}
@@ -185,22 +197,27 @@ func (f *FailedAttempts) wait(c *client, cur int64, elapsed time.Duration, extra
 }
 
 // Admit is asked before a request costs a store lookup: it refuses the lookup when the
-// client's failed attempts plus its lookups in flight reach the limit, so that concurrent
-// requests cannot overshoot it, and otherwise counts the lookup in flight until Settle. A
-// client seen for the first time is tracked from here, as the least recently failing.
+// client has failed within the window and its failed attempts plus its lookups in flight
+// reach the limit, so that concurrent requests cannot overshoot it once it has failed, and
+// otherwise counts the lookup in flight until Settle. (A client with no failure in the
+// window is admitted whatever its concurrency: at most the requests in flight when its first
+// failure lands add to the limit, once per window.) A client seen for the first time is
+// tracked from here, as the least recently failing.
 func (f *FailedAttempts) Admit(a netip.Addr) (retryAfter time.Duration, ok bool) {
 	if !a.IsValid() {
 		return 0, true
 	}
-	k := f.keyOf(a)
-	s := f.shardOf(&k)
-	cur, elapsed := f.now()
-	s.mu.Lock()
+	s, k, cur, elapsed := f.lock(a)
 	defer s.mu.Unlock()
 	i := s.find(k, cur, false)
 	c := &s.clients[i]
-	if wait, blocked := f.wait(c, cur, elapsed, int(c.pending)); blocked {
-		return wait, false
+	// Lookups in flight count only for a client that has failed within the window: one with
+	// a clean record (a backend sending many customers' keys from one address, its cache
+	// cold) is not held back by its own concurrency.
+	if f.failures(c, cur) > 0 {
+		if wait, blocked := f.wait(c, cur, elapsed, int(c.pending)); blocked {
+			return wait, false
+		}
 	}
 	if c.pending < ^uint16(0) {
 		c.pending++
@@ -214,10 +231,7 @@ func (f *FailedAttempts) Settle(a netip.Addr, failed bool) {
 	if !a.IsValid() {
 		return
 	}
-	k := f.keyOf(a)
-	s := f.shardOf(&k)
-	cur, _ := f.now()
-	s.mu.Lock()
+	s, k, cur, _ := f.lock(a)
 	defer s.mu.Unlock()
 	if i, ok := s.index[k]; ok && s.clients[i].pending > 0 {
 		s.clients[i].pending--
@@ -232,10 +246,7 @@ func (f *FailedAttempts) Fail(a netip.Addr) {
 	if !a.IsValid() {
 		return
 	}
-	k := f.keyOf(a)
-	s := f.shardOf(&k)
-	cur, _ := f.now()
-	s.mu.Lock()
+	s, k, cur, _ := f.lock(a)
 	defer s.mu.Unlock()
 	f.fail(s, k, cur)
 }
