@@ -57,6 +57,7 @@ func NewAPI(s store.Store, tokens []Token, hasher apikey.Hasher, logger *zap.Log
 	m.HandleFunc("GET /v1/instances/{instance}/keys", a.auth(a.listKeys, PermRead))
 	m.HandleFunc("POST /v1/instances/{instance}/keys", a.auth(a.createKey, PermCreate))
 	m.HandleFunc("GET /v1/instances/{instance}/keys/{id}", a.auth(a.getKey, PermRead))
+	m.HandleFunc("PATCH /v1/instances/{instance}/keys/{id}", a.auth(a.updateKey, PermCreate))
 	m.HandleFunc("DELETE /v1/instances/{instance}/keys/{id}", a.auth(a.revokeKey, PermDelete))
 	m.HandleFunc("POST /v1/instances/{instance}/keys/{id}/roll", a.auth(a.rollKey, PermCreate, PermDelete))
 	m.HandleFunc("GET /v1/instances/{instance}/events", a.auth(a.listEvents, PermRead))
@@ -69,7 +70,7 @@ func NewAPI(s store.Store, tokens []Token, hasher apikey.Hasher, logger *zap.Log
 // (405 method_not_allowed, with Allow).
 func (a *API) noRoute(w http.ResponseWriter, r *http.Request) {
 	var allowed []string
-	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodDelete} {
+	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPatch, http.MethodDelete} {
 		probe := r.Clone(r.Context())
 		probe.Method = m
 		if _, pattern := a.mux.Handler(probe); pattern != "/v1/" {
@@ -108,6 +109,8 @@ func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) {
 		ae = errKeyNotFound
 	case errors.Is(err, store.ErrInstanceExists):
 		ae = errInstanceExists
+	case errors.Is(err, store.ErrKeyRevoked):
+		ae = errKeyRevoked
 	case errors.Is(err, store.ErrAlreadyRolled):
 		ae = errAlreadyRolled("")
 	case errors.Is(err, store.ErrNotActive):

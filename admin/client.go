@@ -92,16 +92,92 @@ func (c *Client) CreateInstance(ctx context.Context, id, name, environment strin
 // CreateKey creates a key in an instance; expiresAt is a date (YYYY-MM-DD), an RFC 3339
 // time, or "" for a key that never expires. The answer carries the secret, shown only here.
 func (c *Client) CreateKey(ctx context.Context, instance, name string, expiresAt string) (Key, error) {
+	return c.CreateKeyWith(ctx, instance, NewKey{Name: name, ExpiresAt: expiresAt})
+}
+
+// NewKey is what CreateKeyWith asks for. The zero restrictions restrict nothing.
+type NewKey struct {
+	Name string
+	// ExpiresAt is a date (YYYY-MM-DD), an RFC 3339 time, or "" for never.
+	ExpiresAt string
+	// Scopes: nil for any route.
+	Scopes []string
+	// AllowedIPs are addresses or CIDR prefixes: nil for any address.
+	AllowedIPs []string
+	// Metadata: nil or empty for none.
+	Metadata map[string]string
+}
+
+// CreateKeyWith creates a key with the name, expiry and restrictions of nk. A restriction
+// is sent as it is (an empty list too, which the API refuses) unless it is nil.
+func (c *Client) CreateKeyWith(ctx context.Context, instance string, nk NewKey) (Key, error) {
 	p, err := instancePath(instance, "/keys")
 	if err != nil {
 		return Key{}, err
 	}
-	body := struct {
-		Name      string `json:"name"`
-		ExpiresAt string `json:"expires_at,omitempty"`
-	}{name, expiresAt}
+	body := map[string]any{"name": nk.Name}
+	if nk.ExpiresAt != "" {
+		body["expires_at"] = nk.ExpiresAt
+	}
+	if nk.Scopes != nil {
+		body["scopes"] = nk.Scopes
+	}
+	if nk.AllowedIPs != nil {
+		body["allowed_ips"] = nk.AllowedIPs
+	}
+	if len(nk.Metadata) > 0 {
+		body["metadata"] = nk.Metadata
+	}
 	var out Key
 	err = c.do(ctx, http.MethodPost, p, nil, body, &out)
+	return out, err
+}
+
+// KeyChanges says what UpdateKey changes: a nil field is not sent and stays as it is.
+type KeyChanges struct {
+	Name *string
+	// ExpiresAt is a date (YYYY-MM-DD) or an RFC 3339 time; a pointer to "" means never.
+	ExpiresAt *string
+	// Scopes: a pointer to nil means any route.
+	Scopes *[]string
+	// AllowedIPs: a pointer to nil means any address.
+	AllowedIPs *[]string
+	// Metadata replaces the whole object: a pointer to nil or to an empty map clears it.
+	Metadata *map[string]string
+}
+
+// UpdateKey changes some fields of a key (permission apiKey.create) and returns it.
+func (c *Client) UpdateKey(ctx context.Context, instance, id string, ch KeyChanges) (Key, error) {
+	p, err := keyPath(instance, id, "")
+	if err != nil {
+		return Key{}, err
+	}
+	body := map[string]any{}
+	if ch.Name != nil {
+		body["name"] = *ch.Name
+	}
+	if ch.ExpiresAt != nil {
+		if *ch.ExpiresAt == "" {
+			body["expires_at"] = nil
+		} else {
+			body["expires_at"] = *ch.ExpiresAt
+		}
+	}
+	if ch.Scopes != nil {
+		body["scopes"] = *ch.Scopes // nil is sent as null
+	}
+	if ch.AllowedIPs != nil {
+		body["allowed_ips"] = *ch.AllowedIPs
+	}
+	if ch.Metadata != nil {
+		m := *ch.Metadata
+		if m == nil {
+			m = map[string]string{}
+		}
+		body["metadata"] = m
+	}
+	var out Key
+	err = c.do(ctx, http.MethodPatch, p, nil, body, &out)
 	return out, err
 }
 

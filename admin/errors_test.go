@@ -21,6 +21,7 @@ func TestNotFound(t *testing.T) {
 		e.refused(t, "GET", "/v1/instances/"+ghostInst+"/events", "ops", nil, 404, "instance_not_found")
 		e.refused(t, "GET", p+"/"+unknown, "ops", nil, 404, "api_key_not_found")
 		e.refused(t, "DELETE", p+"/"+unknown, "ops", nil, 404, "api_key_not_found")
+		e.refused(t, "PATCH", p+"/"+unknown, "ops", map[string]string{"name": "x"}, 404, "api_key_not_found")
 		e.refused(t, "POST", p+"/"+unknown+"/roll", "ops", map[string]any{"expire_old_in_seconds": 0}, 404, "api_key_not_found")
 		// A key of a missing instance: 404, whichever code.
 		for _, m := range []string{"GET", "DELETE"} {
@@ -47,6 +48,7 @@ func TestStoreUnavailable(t *testing.T) {
 			{"GET", keysPath(sandboxInst), nil},
 			{"GET", keysPath(sandboxInst) + "/" + k.ID, nil},
 			{"DELETE", keysPath(sandboxInst) + "/" + k.ID, nil},
+			{"PATCH", keysPath(sandboxInst) + "/" + k.ID, map[string]any{"name": "x"}},
 			{"POST", keysPath(sandboxInst) + "/" + k.ID + "/roll", nil},
 			{"GET", "/v1/instances/" + sandboxInst + "/events", nil},
 			{"GET", "/v1/instances", nil},
@@ -110,7 +112,9 @@ func TestNoSuchCall(t *testing.T) {
 			for _, c := range []struct{ method, path, allow string }{
 				{"PUT", "/v1/instances", "GET, POST"},
 				{"DELETE", "/v1/me", "GET"},
-				{"PATCH", keysPath(sandboxInst) + "/" + k.ID, "GET, DELETE"},
+				{"PUT", keysPath(sandboxInst) + "/" + k.ID, "GET, PATCH, DELETE"},
+				{"PATCH", keysPath(sandboxInst), "GET, POST"},
+				{"PATCH", keysPath(sandboxInst) + "/" + k.ID + "/roll", "POST"},
 				{"GET", keysPath(sandboxInst) + "/" + k.ID + "/roll", "POST"},
 				{"POST", "/v1/instances/" + sandboxInst + "/events", "GET"},
 			} {

@@ -7,12 +7,14 @@ import (
 
 // Event is the API's event object.
 type Event struct {
-	Object    string    `json:"object"`
-	ID        string    `json:"id"`
-	Type      string    `json:"type"`
-	Instance  string    `json:"instance"`
-	KeyID     string    `json:"key_id"`
-	NewKeyID  string    `json:"new_key_id,omitempty"`
+	Object   string `json:"object"`
+	ID       string `json:"id"`
+	Type     string `json:"type"`
+	Instance string `json:"instance"`
+	KeyID    string `json:"key_id"`
+	NewKeyID string `json:"new_key_id,omitempty"`
+	// Fields are the names of the fields an api_key.updated changed (absent otherwise).
+	Fields    []string  `json:"fields,omitempty"`
 	Actor     string    `json:"actor"`
 	CreatedAt time.Time `json:"created_at"`
 }
@@ -35,7 +37,7 @@ func (a *API) listEvents(w http.ResponseWriter, r *http.Request, t *Token) error
 	out := List[Event]{Object: "list", Data: make([]Event, 0, len(events)), HasMore: more}
 	for _, e := range events {
 		out.Data = append(out.Data, Event{Object: "event", ID: e.ID, Type: e.Type, Instance: e.Instance,
-			KeyID: e.KeyID, NewKeyID: e.NewKeyID, Actor: e.Actor, CreatedAt: e.CreatedAt.UTC()})
+			KeyID: e.KeyID, NewKeyID: e.NewKeyID, Fields: e.Fields, Actor: e.Actor, CreatedAt: e.CreatedAt.UTC()})
 	}
 	writeJSON(w, http.StatusOK, out)
 	return nil

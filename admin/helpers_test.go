@@ -15,6 +15,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -341,8 +342,14 @@ func (e *apiEnv) snapshot(t *testing.T) string {
 			}
 			for _, k := range keys {
 				nKeys++
-				fmt.Fprintf(&b, "key %s %s %q %s %x %d %d %d %d\n", k.ID, k.Instance, k.Name, k.Prefix, k.Hash,
-					store.Millis(k.CreatedAt), store.Millis(k.ExpiresAt), store.Millis(k.RevokedAt), store.Millis(k.LastUsedAt))
+				fmt.Fprintf(&b, "key %s %s %q %s %x %d %d %d %d %q %v %v\n", k.ID, k.Instance, k.Name, k.Prefix, k.Hash,
+					store.Millis(k.CreatedAt), store.Millis(k.ExpiresAt), store.Millis(k.RevokedAt), store.Millis(k.LastUsedAt),
+					k.Scopes, k.AllowedIPs, k.Metadata)
+				l, err := e.s.LookupHash(ctx, k.Hash)
+				if err != nil {
+					t.Fatal(err)
+				}
+				fmt.Fprintf(&b, "  lookup %s %d %d %q %v %v\n", l.ID, store.Millis(l.ExpiresAt), store.Millis(l.RevokedAt), l.Scopes, l.AllowedIPs, l.Metadata)
 				after = k.ID
 			}
 			if !more {
@@ -356,7 +363,7 @@ func (e *apiEnv) snapshot(t *testing.T) string {
 			}
 			for _, ev := range evs {
 				nEvents++
-				fmt.Fprintf(&b, "event %s %s %s %s %s %d\n", ev.ID, ev.Type, ev.KeyID, ev.NewKeyID, ev.Actor, store.Millis(ev.CreatedAt))
+				fmt.Fprintf(&b, "event %s %s %s %s %q %s %d\n", ev.ID, ev.Type, ev.KeyID, ev.NewKeyID, ev.Fields, ev.Actor, store.Millis(ev.CreatedAt))
 				after = ev.ID
 			}
 			if !more {
@@ -392,22 +399,25 @@ func (e *apiEnv) refused(t *testing.T, method, path, role string, body any, stat
 
 // keyObj is the key object of the API.
 type keyObj struct {
-	Object      string  `json:"object"`
-	ID          string  `json:"id"`
-	Instance    string  `json:"instance"`
-	Environment string  `json:"environment"`
-	Name        string  `json:"name"`
-	Prefix      string  `json:"prefix"`
-	Status      string  `json:"status"`
-	CreatedAt   *string `json:"created_at"`
-	ExpiresAt   *string `json:"expires_at"`
-	RevokedAt   *string `json:"revoked_at"`
-	LastUsedAt  *string `json:"last_used_at"`
-	Secret      string  `json:"secret"`
+	Object      string            `json:"object"`
+	ID          string            `json:"id"`
+	Instance    string            `json:"instance"`
+	Environment string            `json:"environment"`
+	Name        string            `json:"name"`
+	Prefix      string            `json:"prefix"`
+	Status      string            `json:"status"`
+	CreatedAt   *string           `json:"created_at"`
+	ExpiresAt   *string           `json:"expires_at"`
+	RevokedAt   *string           `json:"revoked_at"`
+	LastUsedAt  *string           `json:"last_used_at"`
+	Scopes      []string          `json:"scopes"`
+	AllowedIPs  []string          `json:"allowed_ips"`
+	Metadata    map[string]string `json:"metadata"`
+	Secret      string            `json:"secret"`
 }
 
 var keyFields = []string{"object", "id", "instance", "environment", "name", "prefix", "status",
-	"created_at", "expires_at", "revoked_at", "last_used_at"}
+	"created_at", "expires_at", "revoked_at", "last_used_at", "scopes", "allowed_ips", "metadata"}
 
 var keyIDRe = regexp.MustCompile(`^key_[0-9A-Za-z]{8,}$`)
 
@@ -467,6 +477,39 @@ func checkKey(t *testing.T, obj map[string]any, withSecret bool) keyObj {
 	case "active", "expired", "revoked":
 	default:
 		t.Fatalf("key status %q", k.Status)
+	}
+	// Restrictions: null or a non-empty list; metadata always an object.
+	for _, f := range []string{"scopes", "allowed_ips"} {
+		switch v := obj[f].(type) {
+		case nil:
+		case []any:
+			if len(v) == 0 {
+				t.Fatalf("key %s is an empty list, want null or a list: %v", f, obj)
+			}
+			for _, s := range v {
+				if _, ok := s.(string); !ok {
+					t.Fatalf("key %s holds a %T: %v", f, s, obj)
+				}
+			}
+		default:
+			t.Fatalf("key %s is a %T, want null or a list", f, v)
+		}
+	}
+	for _, ip := range k.AllowedIPs {
+		if p, err := netip.ParsePrefix(ip); err == nil && p.Bits() == p.Addr().BitLen() {
+			t.Fatalf("allowed address %q is shown with its full prefix length", ip)
+		} else if _, err2 := netip.ParseAddr(ip); err != nil && err2 != nil {
+			t.Fatalf("allowed address %q is neither an address nor a prefix", ip)
+		}
+	}
+	if m, ok := obj["metadata"].(map[string]any); !ok {
+		t.Fatalf("key metadata is %T, want an object: %v", obj["metadata"], obj)
+	} else {
+		for name, v := range m {
+			if _, ok := v.(string); !ok {
+				t.Fatalf("metadata %s is a %T", name, v)
+			}
+		}
 	}
 	if withSecret {
 		env, err := apikey.Parse(k.Secret)

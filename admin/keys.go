@@ -2,6 +2,7 @@ package admin
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -25,6 +26,13 @@ type Key struct {
 	ExpiresAt   *time.Time `json:"expires_at"`
 	RevokedAt   *time.Time `json:"revoked_at"`
 	LastUsedAt  *time.Time `json:"last_used_at"`
+	// Scopes the key may use; nil (null): any route.
+	Scopes []string `json:"scopes"`
+	// AllowedIPs are the addresses and CIDR prefixes the key works from (an address alone
+	// without /32 or /128); nil (null): any address.
+	AllowedIPs []string `json:"allowed_ips"`
+	// Metadata is never null in an answer: {} when the key has none.
+	Metadata map[string]string `json:"metadata"`
 	// Secret is set only in the answer to a create or roll.
 	Secret string `json:"secret,omitempty"`
 }
@@ -37,11 +45,20 @@ func timePtr(t time.Time) *time.Time {
 	return &u
 }
 
+// scopesJSON is how a key object shows its scopes: null for any route.
+func scopesJSON(scopes []string) []string {
+	if len(scopes) == 0 {
+		return nil
+	}
+	return append([]string{}, scopes...)
+}
+
 func keyJSON(k store.Key, now time.Time) Key {
 	return Key{Object: "api_key", ID: k.ID, Instance: k.Instance, Environment: k.Environment.String(),
 		Name: k.Name, Prefix: k.Prefix, Status: string(k.Status(now)),
 		CreatedAt: timePtr(k.CreatedAt), ExpiresAt: timePtr(k.ExpiresAt),
-		RevokedAt: timePtr(k.RevokedAt), LastUsedAt: timePtr(k.LastUsedAt)}
+		RevokedAt: timePtr(k.RevokedAt), LastUsedAt: timePtr(k.LastUsedAt),
+		Scopes: scopesJSON(k.Scopes), AllowedIPs: allowedIPsJSON(k.AllowedIPs), Metadata: metadataJSON(k.Metadata)}
 }
 
 func (a *API) listKeys(w http.ResponseWriter, r *http.Request, t *Token) error {
@@ -75,8 +92,11 @@ func (a *API) createKey(w http.ResponseWriter, r *http.Request, t *Token) error 
 		return err
 	}
 	var body struct {
-		Name      *string `json:"name"`
-		ExpiresAt *string `json:"expires_at"`
+		Name       *string         `json:"name"`
+		ExpiresAt  *string         `json:"expires_at"`
+		Scopes     json.RawMessage `json:"scopes"`
+		AllowedIPs json.RawMessage `json:"allowed_ips"`
+		Metadata   json.RawMessage `json:"metadata"`
 	}
 	if err := decode(w, r, &body); err != nil {
 		return err
@@ -92,6 +112,23 @@ func (a *API) createKey(w http.ResponseWriter, r *http.Request, t *Token) error 
 	if err != nil {
 		return err
 	}
+	// Absent and null are the same here: unrestricted, no metadata.
+	var restricted store.Key
+	if body.Scopes != nil {
+		if restricted.Scopes, err = parseScopes(body.Scopes); err != nil {
+			return err
+		}
+	}
+	if body.AllowedIPs != nil {
+		if restricted.AllowedIPs, err = parseAllowedIPs(body.AllowedIPs); err != nil {
+			return err
+		}
+	}
+	if body.Metadata != nil {
+		if restricted.Metadata, err = parseMetadata(body.Metadata); err != nil {
+			return err
+		}
+	}
 	ctx, cancel := a.ctx(r)
 	defer cancel()
 	in, err := a.instance(ctx, instance)
@@ -102,6 +139,7 @@ func (a *API) createKey(w http.ResponseWriter, r *http.Request, t *Token) error 
 	if err != nil {
 		return err
 	}
+	k.Scopes, k.AllowedIPs, k.Metadata = restricted.Scopes, restricted.AllowedIPs, restricted.Metadata
 	if err := a.Store.CreateKey(ctx, k); err != nil {
 		return err
 	}
@@ -217,6 +255,8 @@ func (a *API) rollKey(w http.ResponseWriter, r *http.Request, t *Token) error {
 	if err != nil {
 		return err
 	}
+	// The replacement may do what the old key could, no more and no less.
+	next.Scopes, next.AllowedIPs, next.Metadata = old.Scopes, old.AllowedIPs, old.Metadata
 	ev, err := newEvent(store.EventKeyRolled, instance, id, next.ID, t.Name, now)
 	if err != nil {
 		return err

@@ -43,6 +43,7 @@ func TestUnauthorized(t *testing.T) {
 			{"POST", keysPath(sandboxInst)},
 			{"GET", keysPath(sandboxInst) + "/" + k.ID},
 			{"DELETE", keysPath(sandboxInst) + "/" + k.ID},
+			{"PATCH", keysPath(sandboxInst) + "/" + k.ID},
 			{"POST", keysPath(sandboxInst) + "/" + k.ID + "/roll"},
 			{"GET", "/v1/instances/" + sandboxInst + "/events"},
 			{"GET", keysPath(ghostInst)},
@@ -58,6 +59,9 @@ func TestUnauthorized(t *testing.T) {
 						} else if strings.HasSuffix(c.path, "/roll") {
 							body = map[string]any{}
 						}
+					}
+					if c.method == "PATCH" {
+						body = map[string]any{"name": "sneaky", "scopes": nil}
 					}
 					e.refusedH(t, c.method, c.path, body, h, 401, "unauthorized")
 				}
@@ -81,6 +85,9 @@ func TestForbidden(t *testing.T) {
 		e.refused(t, "DELETE", keysPath(sandboxInst)+"/"+k.ID, "creator", nil, 403, "forbidden")
 		e.refused(t, "POST", keysPath(sandboxInst)+"/"+k.ID+"/roll", "creator", nil, 403, "forbidden")
 		e.refused(t, "POST", keysPath(sandboxInst)+"/"+k.ID+"/roll", "deleter", nil, 403, "forbidden")
+		e.refused(t, "PATCH", keysPath(sandboxInst)+"/"+k.ID, "reader", map[string]string{"name": "x"}, 403, "forbidden")
+		e.refused(t, "PATCH", keysPath(sandboxInst)+"/"+k.ID, "deleter", map[string]string{"name": "x"}, 403, "forbidden")
+		e.refused(t, "PATCH", keysPath(sandboxInst)+"/"+k.ID, "reader", `{"scopes":[]}`, 403, "forbidden")
 		e.refused(t, "POST", "/v1/instances", "roller", map[string]string{"id": "forbidden-1", "name": "x", "environment": "sandbox"}, 403, "forbidden")
 		// Missing permission beats a bad request and a missing instance.
 		e.refused(t, "POST", keysPath(sandboxInst), "reader", `{"bogus":`, 403, "forbidden")
@@ -99,6 +106,7 @@ func TestForbidden(t *testing.T) {
 				{"POST", keysPath(inst), map[string]string{"name": "x"}},
 				{"GET", keysPath(inst) + "/" + id, nil},
 				{"DELETE", keysPath(inst) + "/" + id, nil},
+				{"PATCH", keysPath(inst) + "/" + id, map[string]any{"name": "x"}},
 				{"POST", keysPath(inst) + "/" + id + "/roll", map[string]any{"expire_old_in_seconds": 0}},
 				{"GET", "/v1/instances/" + inst + "/events", nil},
 			} {
@@ -133,6 +141,7 @@ func TestPermissionMatrix(t *testing.T) {
 			{"list keys", []string{"apiKey.read"}, "GET", func(in, _ string) string { return keysPath(in) }, nil, 200},
 			{"create key", []string{"apiKey.create"}, "POST", func(in, _ string) string { return keysPath(in) }, map[string]string{"name": "matrix"}, 201},
 			{"get key", []string{"apiKey.read"}, "GET", func(in, id string) string { return keysPath(in) + "/" + id }, nil, 200},
+			{"update key", []string{"apiKey.create"}, "PATCH", func(in, id string) string { return keysPath(in) + "/" + id }, map[string]any{"name": "patched", "scopes": []string{"a"}}, 200},
 			{"revoke key", []string{"apiKey.delete"}, "DELETE", func(in, id string) string { return keysPath(in) + "/" + id }, nil, 200},
 			{"roll key", []string{"apiKey.create", "apiKey.delete"}, "POST", func(in, id string) string { return keysPath(in) + "/" + id + "/roll" }, map[string]any{"expire_old_in_seconds": 0}, 201},
 			{"list events", []string{"apiKey.read"}, "GET", func(in, _ string) string { return "/v1/instances/" + in + "/events" }, nil, 200},

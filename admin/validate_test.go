@@ -96,6 +96,7 @@ func TestBadRequests(t *testing.T) {
 			{"bad key id (get)", "GET", p + "/notakey", nil},
 			{"bad key id (delete)", "DELETE", p + "/key_short", nil},
 			{"bad key id (roll)", "POST", p + "/" + k.ID + "x/roll", nil},
+			{"bad key id (patch)", "PATCH", p + "/key_", map[string]string{"name": "x"}},
 			{"instance id with capitals", "POST", "/v1/instances", map[string]string{"id": "Beta", "name": "x", "environment": "sandbox"}},
 			{"instance id with space", "POST", "/v1/instances", map[string]string{"id": "be ta", "name": "x", "environment": "sandbox"}},
 			{"instance id empty", "POST", "/v1/instances", map[string]string{"id": "", "name": "x", "environment": "sandbox"}},
