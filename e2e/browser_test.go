@@ -21,6 +21,7 @@ import (
 	"github.com/chromedp/cdproto/browser"
 	"github.com/chromedp/cdproto/cdp"
 	"github.com/chromedp/cdproto/fetch"
+	"github.com/chromedp/cdproto/input"
 	"github.com/chromedp/cdproto/log"
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/cdproto/runtime"
@@ -79,6 +80,10 @@ func TestBrowserAPIKeysPage(t *testing.T) {
 	t.Run("WrongStaleTokenAndSignOut", env.testTokens)
 	t.Run("NetworkErrorBanner", env.testNetworkError)
 	t.Run("Keyboard", env.testKeyboard)
+	t.Run("CreateRestricted", env.testCreateRestricted)
+	t.Run("RestrictionRefused", env.testRestrictionRefused)
+	t.Run("KeyboardRestricted", env.testKeyboardRestricted)
+	t.Run("ManyRestrictions", env.testManyRestrictions)
 	t.Run("Paging", env.testPaging)
 }
 
@@ -164,12 +169,14 @@ http://127.0.0.1:%d {
 // ---- API helpers (the test's own HTTP client, playing a script with an admin token) ----
 
 type apiKey struct {
-	ID        string  `json:"id"`
-	Name      string  `json:"name"`
-	Prefix    string  `json:"prefix"`
-	Status    string  `json:"status"`
-	ExpiresAt *string `json:"expires_at"`
-	Secret    string  `json:"secret"`
+	ID         string   `json:"id"`
+	Name       string   `json:"name"`
+	Prefix     string   `json:"prefix"`
+	Status     string   `json:"status"`
+	ExpiresAt  *string  `json:"expires_at"`
+	Secret     string   `json:"secret"`
+	Scopes     []string `json:"scopes"`      // nil: null, any route
+	AllowedIPs []string `json:"allowed_ips"` // nil: null, any address
 }
 
 func (e *pageEnv) call(t *testing.T, method, path, token string, body any, out any) int {
@@ -394,25 +401,38 @@ func (tb *tab) rowCount() int {
 	return js[int](tb, `document.querySelectorAll('#rows tr').length`)
 }
 
-// row returns the cells' text of the row naming the key.
+// keyNamesJS is a JS expression: the key names of the table's rows, in order.
+const keyNamesJS = `[...document.querySelectorAll('#rows tr')].map(tr => tr.cells[0].querySelector('.key-name').textContent)`
+
+// row returns the cells' text of the row naming the key, and what its name cell says about
+// restrictions: the tag's text ("" when there is none), the scopes and allowed addresses
+// shown (space-separated), and the whole restrictions text as a person reads it.
 func (tb *tab) row(name string) map[string]string {
 	tb.t.Helper()
 	var r map[string]string
 	raw := js[[]byte](tb, fmt.Sprintf(`(() => {
-		const tr = [...document.querySelectorAll('#rows tr')].find(tr => tr.cells[0].textContent === %q);
+		const tr = %s;
 		if (!tr) return null;
 		const c = [...tr.cells].map(td => td.textContent.trim());
-		return {name: c[0], key: c[1], status: c[2], expires: c[3], created: c[4], lastUsed: c[5],
-			trash: String(tr.querySelectorAll('button').length)};
-	})()`, name))
+		const n = tr.cells[0], chips = sel => [...n.querySelectorAll(sel + ' .chip')].map(e => e.textContent).join(' ');
+		const tag = n.querySelector('.tag-restricted'), box = n.querySelector('.restrictions');
+		return {name: n.querySelector('.key-name').textContent, key: c[1], status: c[2], expires: c[3], created: c[4], lastUsed: c[5],
+			trash: String(tr.querySelectorAll('button').length),
+			tag: tag && tag.checkVisibility() ? tag.textContent : '', restricted: tr.dataset.restricted || '',
+			scopes: chips('.restriction-scopes'), ips: chips('.restriction-ips'),
+			restrictions: box && box.checkVisibility() ? box.innerText.replace(/\s+/g, ' ').trim() : ''};
+	})()`, rowExpr(name)))
 	if err := json.Unmarshal(raw, &r); err != nil {
 		tb.t.Fatal(err)
+	}
+	if r == nil {
+		tb.t.Fatalf("no row for %q\n%s", name, tb.state())
 	}
 	return r
 }
 
 func rowExpr(name string) string {
-	return fmt.Sprintf(`[...document.querySelectorAll('#rows tr')].find(tr => tr.cells[0].textContent === %q)`, name)
+	return fmt.Sprintf(`[...document.querySelectorAll('#rows tr')].find(tr => tr.cells[0].querySelector('.key-name').textContent === %q)`, name)
 }
 
 // secretLeft reports where the secret is still present in the page, or "".
@@ -512,6 +532,8 @@ func (e *pageEnv) testViolationDetector(t *testing.T) {
 func (e *pageEnv) testCreateUseRevoke(t *testing.T) {
 	e.createKey(t, "acme-sandbox", "CI pipeline", nil)
 	e.createKey(t, "acme-sandbox", "Staging worker", map[string]any{"expires_at": time.Now().UTC().AddDate(0, 3, 0).Format("2006-01-02")})
+	e.createKey(t, "acme-sandbox", "Billing worker", map[string]any{
+		"scopes": []string{"charges:read", "charges:write"}, "allowed_ips": []string{"10.0.0.0/8"}})
 	old := e.createKey(t, "acme-sandbox", "Old laptop", nil)
 	if st := e.call(t, "DELETE", "/v1/instances/acme-sandbox/keys/"+old.ID, fullToken, nil, nil); st != 200 {
 		t.Fatalf("revoke: %d", st)
@@ -621,6 +643,14 @@ func (e *pageEnv) testCreateUseRevoke(t *testing.T) {
 	}
 	if rr := tb.row("Old laptop"); rr["status"] != "revoked" || rr["trash"] != "0" {
 		t.Errorf("a revoked key's row: %v", rr)
+	}
+	if rr := tb.row("Billing worker"); rr["tag"] != "Restricted" || rr["restrictions"] != "Scopes: charges:read charges:write Allowed IPs: 10.0.0.0/8" {
+		t.Errorf("a restricted key's row: %v", rr)
+	}
+	for _, name := range []string{"Production server", "CI pipeline"} {
+		if rr := tb.row(name); rr["tag"] != "" || rr["restricted"] != "" || rr["restrictions"] != "" || rr["name"] != name {
+			t.Errorf("an unrestricted key's row shows restrictions: %v", rr)
+		}
 	}
 
 	// The key works through the gateway.
@@ -910,10 +940,10 @@ func (e *pageEnv) testPaging(t *testing.T) {
 	if !js[bool](tb, `[...document.querySelectorAll('#rows tr')].every(tr => tr.cells[1].textContent.startsWith('sk_live_'))`) {
 		t.Error("production keys should show sk_live_ prefixes")
 	}
-	first := js[[]string](tb, `[...document.querySelectorAll('#rows tr')].map(tr => tr.cells[0].textContent)`)
+	first := js[[]string](tb, keyNamesJS)
 	tb.do(chromedp.Click(chromedp.ID("next")))
 	tb.waitJS(`document.querySelectorAll('#rows tr').length === 5`, "Next shows the last 5 rows")
-	second := js[[]string](tb, `[...document.querySelectorAll('#rows tr')].map(tr => tr.cells[0].textContent)`)
+	second := js[[]string](tb, keyNamesJS)
 	seen := map[string]bool{}
 	for _, s := range append(first, second...) {
 		if seen[s] {
@@ -929,4 +959,334 @@ func (e *pageEnv) testPaging(t *testing.T) {
 	}
 	tb.do(chromedp.Click(chromedp.ID("prev")))
 	tb.waitJS(`document.querySelectorAll('#rows tr').length === 100`, "Previous shows the first page again")
+}
+
+// ---- Restricted keys ----
+
+// getKey reads a key back through the admin API.
+func (e *pageEnv) getKey(t *testing.T, instance, id string) apiKey {
+	t.Helper()
+	var k apiKey
+	if st := e.call(t, "GET", "/v1/instances/"+instance+"/keys/"+id, fullToken, nil, &k); st != 200 {
+		t.Fatalf("GET key %s: HTTP %d", id, st)
+	}
+	return k
+}
+
+// keysNamed returns the instance's keys with that name, through the admin API.
+func (e *pageEnv) keysNamed(t *testing.T, instance, name string) []apiKey {
+	t.Helper()
+	var list struct{ Data []apiKey }
+	if st := e.call(t, "GET", "/v1/instances/"+instance+"/keys?limit=1000", fullToken, nil, &list); st != 200 {
+		t.Fatalf("listing keys: HTTP %d", st)
+	}
+	var out []apiKey
+	for _, k := range list.Data {
+		if k.Name == name {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// onlyKeyNamed returns the one key with that name.
+func (e *pageEnv) onlyKeyNamed(t *testing.T, instance, name string) apiKey {
+	t.Helper()
+	ks := e.keysNamed(t, instance, name)
+	if len(ks) != 1 {
+		t.Fatalf("%d keys named %q, want 1", len(ks), name)
+	}
+	return e.getKey(t, instance, ks[0].ID)
+}
+
+func equalList(got, want []string) bool {
+	if (got == nil) != (want == nil) || len(got) != len(want) {
+		return false
+	}
+	for i := range got {
+		if got[i] != want[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// closeSecret closes the dialog showing a secret and checks the secret left the page.
+func (tb *tab) closeSecret(secret string) {
+	tb.t.Helper()
+	tb.do(chromedp.Click(chromedp.ID("create-close")))
+	tb.waitJS(`!document.getElementById('create-dialog').open`, "the dialog closes")
+	if where := tb.secretLeft(secret); where != "" {
+		tb.t.Fatalf("after Close the secret is still in %s", where)
+	}
+}
+
+func (e *pageEnv) testCreateRestricted(t *testing.T) {
+	e.createKey(t, "acme-sandbox", "Unrestricted neighbour", nil)
+	tb := e.newTab(t)
+	tb.open()
+	tb.signIn(fullToken)
+	tb.pick("acme-sandbox")
+	tb.waitJS(rowExpr("Unrestricted neighbour"), "the list shows")
+	if r := tb.row("Unrestricted neighbour"); r["tag"] != "" || r["restricted"] != "" || r["restrictions"] != "" ||
+		js[string](tb, rowExpr("Unrestricted neighbour")+`.cells[0].textContent`) != "Unrestricted neighbour" {
+		t.Errorf("an unrestricted key shows a marker: %v", r)
+	}
+
+	tb.do(chromedp.Click(chromedp.ID("create")))
+	tb.waitJS(`document.getElementById('create-dialog').open && document.activeElement.id === 'key-name'`, "the dialog opens with focus on Key name")
+	// The fields are labelled, optional, and their hints are their descriptions.
+	for _, f := range []struct{ id, label, hint string }{
+		{"key-scopes", "Scopes", "Leave empty for full access."},
+		{"key-ips", "Allowed IP addresses", "Leave empty to allow any address."},
+	} {
+		got := js[[]string](tb, fmt.Sprintf(`(() => { const i = document.getElementById(%q);
+			const hint = (i.getAttribute('aria-describedby') || '').split(' ').map(id => document.getElementById(id)).filter(Boolean).map(e => e.textContent).join(' ');
+			return [i.labels.length === 1 ? i.labels[0].textContent.replace(/\s+/g, ' ').trim() : '', hint, String(i.required), i.value]; })()`, f.id))
+		if got[0] != f.label+" optional" || !strings.Contains(got[1], f.hint) || got[2] != "false" || got[3] != "" {
+			t.Errorf("#%s: label %q, description %q, required %s, value %q; want label %q and a hint saying %q", f.id, got[0], got[1], got[2], got[3], f.label, f.hint)
+		}
+	}
+
+	// Scopes typed with commas and spaces; addresses pasted one per line (inserted as text, the
+	// way a paste arrives).
+	tb.do(chromedp.SendKeys(chromedp.ID("key-name"), "Charges reader"),
+		chromedp.SendKeys(chromedp.ID("key-scopes"), "charges:read,  customers:*"),
+		chromedp.Focus(chromedp.ID("key-ips")))
+	if _, err := chromedp.Call(tb.ctx, input.InsertText, input.InsertTextParams{Text: "203.0.113.7\n10.0.0.0/8\n"}); err != nil {
+		t.Fatal(err)
+	}
+	js[chromedp.Void](tb, `document.activeElement.blur()`)
+	tb.screenshot("create-restricted.png")
+	tb.do(chromedp.Click(chromedp.ID("create-submit")))
+	secret := tb.readSecret()
+	checkSecretFormat(t, secret, "sk_test_")
+	tb.closeSecret(secret)
+	if id := js[string](tb, `document.activeElement.id`); id != "create" {
+		t.Errorf("focus went to %q after Close, want the Create button", id)
+	}
+
+	tb.waitJS(rowExpr("Charges reader"), "the new key's row shows")
+	r := tb.row("Charges reader")
+	if r["tag"] != "Restricted" || r["restricted"] != "true" || r["scopes"] != "charges:read customers:*" || r["ips"] != "203.0.113.7 10.0.0.0/8" ||
+		r["restrictions"] != "Scopes: charges:read customers:* Allowed IPs: 203.0.113.7 10.0.0.0/8" {
+		t.Errorf("the restricted key's row: %v", r)
+	}
+	// The restrictions are text in the name cell, so its accessible content carries them.
+	if !js[bool](tb, rowExpr("Charges reader")+`.cells[0].innerText.includes('Allowed IPs:')`) {
+		t.Error("the restrictions are not part of the name cell's text")
+	}
+	if r := tb.row("Unrestricted neighbour"); r["tag"] != "" || r["restrictions"] != "" {
+		t.Errorf("after a restricted key was made, the unrestricted one shows %v", r)
+	}
+
+	k := e.onlyKeyNamed(t, "acme-sandbox", "Charges reader")
+	if !equalList(k.Scopes, []string{"charges:read", "customers:*"}) || !equalList(k.AllowedIPs, []string{"203.0.113.7", "10.0.0.0/8"}) {
+		t.Errorf("the API has scopes %q and allowed_ips %q", k.Scopes, k.AllowedIPs)
+	}
+	if !strings.HasPrefix(secret, k.Prefix) {
+		t.Errorf("the key read back (%s) is not the one shown", k.Prefix)
+	}
+	if n := e.onlyKeyNamed(t, "acme-sandbox", "Unrestricted neighbour"); n.Scopes != nil || n.AllowedIPs != nil {
+		t.Errorf("the unrestricted key has scopes %q, allowed_ips %q", n.Scopes, n.AllowedIPs)
+	}
+	js[chromedp.Void](tb, `document.activeElement.blur()`)
+
+	// A key made with only one of the two restrictions shows only that one; empty fields
+	// are sent as nothing (null).
+	tb.do(chromedp.Click(chromedp.ID("create")))
+	tb.waitJS(`document.getElementById('create-dialog').open && document.getElementById('key-scopes').value === ''`, "the dialog opens afresh")
+	tb.do(chromedp.SendKeys(chromedp.ID("key-name"), "Office only"),
+		chromedp.SendKeys(chromedp.ID("key-ips"), " 2001:db8::/32 "),
+		chromedp.SendKeys(chromedp.ID("key-scopes"), "   "),
+		chromedp.Click(chromedp.ID("create-submit")))
+	tb.closeSecret(tb.readSecret())
+	tb.waitJS(rowExpr("Office only"), "the second key's row shows")
+	if r := tb.row("Office only"); r["tag"] != "Restricted" || r["restrictions"] != "Allowed IPs: 2001:db8::/32" {
+		t.Errorf("a key with allowed addresses only: %v", r)
+	}
+	if k := e.onlyKeyNamed(t, "acme-sandbox", "Office only"); k.Scopes != nil || !equalList(k.AllowedIPs, []string{"2001:db8::/32"}) {
+		t.Errorf("the API has scopes %q and allowed_ips %q, want null and [2001:db8::/32]", k.Scopes, k.AllowedIPs)
+	}
+	js[chromedp.Void](tb, `document.activeElement.blur()`)
+	tb.screenshot("keys-restricted.png")
+}
+
+// The API's refusal of a bad scope or address shows in the dialog, which stays open with what
+// was typed; nothing is created.
+func (e *pageEnv) testRestrictionRefused(t *testing.T) {
+	// What the API says about each bad value, asked directly.
+	apiMessage := func(body map[string]any) string {
+		var bad struct {
+			Error struct{ Code, Message string } `json:"error"`
+		}
+		body["name"] = "Never created"
+		if st := e.call(t, "POST", "/v1/instances/acme-sandbox/keys", fullToken, body, &bad); st != 400 || bad.Error.Code != "invalid_request" || bad.Error.Message == "" {
+			t.Fatalf("the API answers %d %+v to %v, want 400 invalid_request", st, bad.Error, body)
+		}
+		return bad.Error.Message
+	}
+	scopeMsg := apiMessage(map[string]any{"scopes": []string{"charges:read", "Charges:Write"}})
+	ipMsg := apiMessage(map[string]any{"allowed_ips": []string{"10.0.0.300"}})
+
+	tb := e.newTab(t)
+	tb.open()
+	tb.signIn(fullToken)
+	tb.pick("acme-sandbox")
+	tb.waitJS(`!document.getElementById('create').disabled && document.querySelectorAll('#rows tr').length > 0`, "the list shows")
+	tb.do(chromedp.Click(chromedp.ID("create")))
+	tb.waitJS(`document.getElementById('create-dialog').open`, "the dialog opens")
+
+	values := `[...['key-name', 'key-scopes', 'key-ips']].map(id => document.getElementById(id).value).join('|')`
+	invalid := `[...['key-name', 'key-scopes', 'key-ips']].filter(id => document.getElementById(id).getAttribute('aria-invalid') === 'true').join(' ')`
+	errorShows := func(msg, what string) {
+		t.Helper()
+		tb.waitJS(visible("create-error")+fmt.Sprintf(` && document.getElementById('create-error').textContent.includes(%q)`, msg)+
+			` && !document.getElementById('create-submit').disabled`, what)
+		if !js[bool](tb, `document.getElementById('create-dialog').open && `+visible("create-step")+` && !document.getElementById('secret')`) {
+			t.Fatalf("after the refusal the dialog is not showing the form\n%s", tb.state())
+		}
+	}
+
+	tb.do(chromedp.SendKeys(chromedp.ID("key-name"), "Bad restrictions"),
+		chromedp.SendKeys(chromedp.ID("key-scopes"), "charges:read Charges:Write"),
+		chromedp.SendKeys(chromedp.ID("key-ips"), "203.0.113.7"),
+		chromedp.Click(chromedp.ID("create-submit")))
+	errorShows(scopeMsg, "the API's message about the scope shows in the dialog")
+	if v := js[string](tb, values); v != "Bad restrictions|charges:read Charges:Write|203.0.113.7" {
+		t.Errorf("the fields hold %q after the refusal", v)
+	}
+	if v := js[string](tb, invalid); v != "key-scopes" {
+		t.Errorf("fields marked invalid: %q, want key-scopes", v)
+	}
+	js[chromedp.Void](tb, `document.activeElement.blur()`)
+	tb.screenshot("create-restriction-error.png")
+
+	// Fix the scope, break the address.
+	tb.do(chromedp.SetValue(chromedp.ID("key-scopes"), "charges:read charges:write"),
+		chromedp.SetValue(chromedp.ID("key-ips"), "203.0.113.7, 10.0.0.300"),
+		chromedp.Click(chromedp.ID("create-submit")))
+	errorShows(ipMsg, "the API's message about the address shows in the dialog")
+	if v := js[string](tb, values); v != "Bad restrictions|charges:read charges:write|203.0.113.7, 10.0.0.300" {
+		t.Errorf("the fields hold %q after the refusal", v)
+	}
+	if v := js[string](tb, invalid); v != "key-ips" {
+		t.Errorf("fields marked invalid: %q, want key-ips", v)
+	}
+	if ks := e.keysNamed(t, "acme-sandbox", "Bad restrictions"); len(ks) != 0 {
+		t.Fatalf("a refused create made %d keys", len(ks))
+	}
+	if ks := e.keysNamed(t, "acme-sandbox", "Never created"); len(ks) != 0 {
+		t.Fatalf("the API made %d keys from refused bodies", len(ks))
+	}
+
+	// Escape still closes the form (no secret shown); opening again starts empty.
+	tb.do(chromedp.Focus(chromedp.ID("key-ips")), chromedp.KeyEvent(kb.Escape))
+	tb.waitJS(`!document.getElementById('create-dialog').open`, "Escape closes the dialog")
+	tb.do(chromedp.Click(chromedp.ID("create")))
+	tb.waitJS(`document.getElementById('create-dialog').open`, "the dialog opens again")
+	if v := js[string](tb, values); v != "||" || js[bool](tb, visible("create-error")) || js[string](tb, invalid) != "" {
+		t.Errorf("the reopened dialog holds %q, error shown %v, invalid %q", v, js[bool](tb, visible("create-error")), js[string](tb, invalid))
+	}
+
+	// Corrected values go through.
+	tb.do(chromedp.SendKeys(chromedp.ID("key-name"), "Bad restrictions"),
+		chromedp.SendKeys(chromedp.ID("key-scopes"), "charges:read charges:write"),
+		chromedp.SendKeys(chromedp.ID("key-ips"), "203.0.113.7, 10.0.0.30"),
+		chromedp.Click(chromedp.ID("create-submit")))
+	tb.closeSecret(tb.readSecret())
+	k := e.onlyKeyNamed(t, "acme-sandbox", "Bad restrictions")
+	if !equalList(k.Scopes, []string{"charges:read", "charges:write"}) || !equalList(k.AllowedIPs, []string{"203.0.113.7", "10.0.0.30"}) {
+		t.Errorf("the API has scopes %q and allowed_ips %q", k.Scopes, k.AllowedIPs)
+	}
+}
+
+// Creating a restricted key with the keyboard only: Tab goes name, expiration, scopes,
+// addresses, Cancel, Create key; Enter in a field submits.
+func (e *pageEnv) testKeyboardRestricted(t *testing.T) {
+	tb := e.newTab(t)
+	tb.open()
+	tb.signIn(fullToken)
+	tb.pick("acme-sandbox")
+	tb.waitJS(`!document.getElementById('create').disabled && document.querySelectorAll('#rows tr').length > 0`, "the list shows")
+
+	tb.do(chromedp.Focus(chromedp.ID("create")), chromedp.KeyEvent(kb.Enter))
+	tb.waitJS(`document.getElementById('create-dialog').open && document.activeElement.id === 'key-name'`, "the dialog opens with focus on Key name")
+	// The Tab order, from Key name (the date field may take several stops: its parts).
+	var order []string
+	for i := 0; i < 12 && (len(order) == 0 || order[len(order)-1] != "create-submit"); i++ {
+		tb.do(chromedp.KeyEvent(kb.Tab))
+		id := js[string](tb, `document.activeElement.id`)
+		if len(order) == 0 || order[len(order)-1] != id {
+			order = append(order, id)
+		}
+	}
+	if got := strings.Join(order, " "); got != "key-expiry key-scopes key-ips create-cancel create-submit" {
+		t.Fatalf("the Tab order after Key name is %q", got)
+	}
+	// Shift+Tab goes back: Cancel, addresses, scopes.
+	for _, want := range []string{"create-cancel", "key-ips", "key-scopes"} {
+		tb.do(chromedp.KeyEvent(kb.Tab, chromedp.KeyModifiers(chromedp.ModifierShift)))
+		if id := js[string](tb, `document.activeElement.id`); id != want {
+			t.Fatalf("Shift+Tab went to %q, want %q", id, want)
+		}
+	}
+	// Back to the name, then the whole form by typing.
+	tb.do(chromedp.Focus(chromedp.ID("key-name")), chromedp.KeyEvent("Keyboard restricted"))
+	for tries := 0; js[string](tb, `document.activeElement.id`) != "key-scopes" && tries < 6; tries++ {
+		tb.do(chromedp.KeyEvent(kb.Tab))
+	}
+	tb.do(chromedp.KeyEvent("customers:read, refunds:*"), chromedp.KeyEvent(kb.Tab))
+	if id := js[string](tb, `document.activeElement.id`); id != "key-ips" {
+		t.Fatalf("Tab from Scopes went to %q", id)
+	}
+	tb.do(chromedp.KeyEvent("198.51.100.0/24 ::1"), chromedp.KeyEvent(kb.Enter))
+	secret := tb.readSecret()
+	tb.do(chromedp.KeyEvent(kb.Escape))
+	time.Sleep(150 * time.Millisecond)
+	if !js[bool](tb, `document.getElementById('create-dialog').open && document.getElementById('secret').value !== ''`) {
+		t.Fatal("Escape closed the dialog showing a secret")
+	}
+	tb.do(chromedp.Focus(chromedp.ID("create-close")), chromedp.KeyEvent(kb.Enter))
+	tb.waitJS(`!document.getElementById('create-dialog').open && document.activeElement.id === 'create'`, "Close returns focus to Create")
+	if where := tb.secretLeft(secret); where != "" {
+		t.Fatalf("after Close the secret is still in %s", where)
+	}
+	tb.waitJS(rowExpr("Keyboard restricted"), "the new key's row shows")
+	if r := tb.row("Keyboard restricted"); r["tag"] != "Restricted" || r["scopes"] != "customers:read refunds:*" || r["ips"] != "198.51.100.0/24 ::1" {
+		t.Errorf("the row: %v", r)
+	}
+	k := e.onlyKeyNamed(t, "acme-sandbox", "Keyboard restricted")
+	if !equalList(k.Scopes, []string{"customers:read", "refunds:*"}) || !equalList(k.AllowedIPs, []string{"198.51.100.0/24", "::1"}) {
+		t.Errorf("the API has scopes %q and allowed_ips %q", k.Scopes, k.AllowedIPs)
+	}
+}
+
+// A long list shows its first entries and the rest behind a disclosure a keyboard opens.
+func (e *pageEnv) testManyRestrictions(t *testing.T) {
+	var ips []string
+	for i := 1; i <= 12; i++ {
+		ips = append(ips, fmt.Sprintf("192.0.2.%d", i))
+	}
+	e.createKey(t, "acme-sandbox", "Many addresses", map[string]any{"scopes": []string{"charges:*"}, "allowed_ips": ips})
+	tb := e.newTab(t)
+	tb.open()
+	tb.signIn(fullToken)
+	tb.pick("acme-sandbox")
+	tb.waitJS(rowExpr("Many addresses"), "the list shows")
+	r := tb.row("Many addresses")
+	if r["scopes"] != "charges:*" || r["ips"] != strings.Join(ips, " ") || r["tag"] != "Restricted" {
+		t.Fatalf("the row: %v", r)
+	}
+	if !strings.HasSuffix(r["restrictions"], "192.0.2.5 7 more") {
+		t.Errorf("the closed list reads %q, want the first five addresses and \"7 more\"", r["restrictions"])
+	}
+	summary := rowExpr("Many addresses") + `.querySelector('.restriction-ips summary')`
+	tb.do(chromedp.Focus(chromedp.JSPath(summary)), chromedp.KeyEvent(kb.Enter))
+	tb.waitJS(summary+`.parentElement.open && `+summary+`.textContent === 'show fewer'`, "Enter opens the rest")
+	if got := tb.row("Many addresses")["restrictions"]; !strings.Contains(got, "192.0.2.12") || !strings.Contains(got, "show fewer") {
+		t.Errorf("the open list reads %q", got)
+	}
+	tb.do(chromedp.KeyEvent(kb.Enter))
+	tb.waitJS(`!`+summary+`.parentElement.open && `+summary+`.textContent === '7 more'`, "Enter closes it again")
 }

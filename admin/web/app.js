@@ -237,8 +237,13 @@
     var tr = document.createElement('tr');
     tr.dataset.keyId = k.id;
     tr.dataset.status = k.status;
-    var name = cell('name', k.name);
+    var name = cell('name');
     name.tabIndex = -1;
+    var label = document.createElement('span');
+    label.className = 'key-name';
+    label.textContent = k.name;
+    name.appendChild(label);
+    markRestrictions(tr, name, k);
     tr.appendChild(name);
 
     var keyCell = cell('key');
@@ -272,6 +277,57 @@
     }
     tr.appendChild(actions);
     return tr;
+  }
+
+  // A restricted key (scopes or allowed_ips set) gets a "Restricted" tag next to its name and
+  // its restrictions as text under it, read with the cell; an unrestricted key gets nothing.
+  var SHOWN = 6;
+  function markRestrictions(tr, td, k) {
+    var scopes = Array.isArray(k.scopes) && k.scopes.length ? k.scopes : null;
+    var ips = Array.isArray(k.allowed_ips) && k.allowed_ips.length ? k.allowed_ips : null;
+    if (!scopes && !ips) return;
+    tr.dataset.restricted = 'true';
+    var tag = document.createElement('span');
+    tag.className = 'tag-restricted';
+    tag.textContent = 'Restricted';
+    td.append(' ', tag);
+    var box = document.createElement('div');
+    box.className = 'restrictions';
+    if (scopes) box.appendChild(restrictionLine('scopes', 'Scopes', scopes));
+    if (ips) box.appendChild(restrictionLine('ips', 'Allowed IPs', ips));
+    td.appendChild(box);
+  }
+
+  function restrictionLine(kind, title, items) {
+    var p = document.createElement('div');
+    p.className = 'restriction restriction-' + kind;
+    var t = document.createElement('span');
+    t.className = 'restriction-title';
+    t.textContent = title + ':';
+    p.appendChild(t);
+    var shown = items.length > SHOWN ? items.slice(0, SHOWN - 1) : items;
+    appendChips(p, shown);
+    if (shown.length < items.length) {
+      // The rest behind a disclosure (a button for keyboards and screen readers alike).
+      var more = document.createElement('details');
+      var sum = document.createElement('summary');
+      var rest = items.length - shown.length;
+      sum.textContent = rest + ' more';
+      more.appendChild(sum);
+      more.addEventListener('toggle', function () { sum.textContent = more.open ? 'show fewer' : rest + ' more'; });
+      appendChips(more, items.slice(shown.length));
+      p.append(' ', more);
+    }
+    return p;
+  }
+
+  function appendChips(parent, items) {
+    items.forEach(function (s) {
+      var c = document.createElement('code');
+      c.className = 'chip';
+      c.textContent = s;
+      parent.append(' ', c);
+    });
   }
 
   function renderKeys() {
@@ -365,6 +421,7 @@
     $('create-submit').textContent = 'Create key';
     $('create-close').hidden = true;
     $('key-name').removeAttribute('aria-invalid');
+    markInvalid(null);
     setError('create-error', '');
   }
 
@@ -382,6 +439,13 @@
     var body = { name: name };
     var exp = $('key-expiry').value;
     if (exp) body.expires_at = exp;
+    // Empty restriction fields are not sent (null: any route, any address). The API checks
+    // each value and says what is wrong.
+    var scopes = splitList($('key-scopes').value);
+    if (scopes.length) body.scopes = scopes;
+    var ips = splitList($('key-ips').value);
+    if (ips.length) body.allowed_ips = ips;
+    markInvalid(null);
     var submit = $('create-submit');
     submit.disabled = true;
     submit.textContent = 'Creating…';
@@ -393,7 +457,10 @@
     } catch (e) {
       submit.disabled = false;
       submit.textContent = 'Create key';
-      if (!e.handled) setError('create-error', e.message);
+      if (!e.handled) {
+        setError('create-error', e.message);
+        markInvalid(e);
+      }
       return;
     }
     var secret = key.secret;
@@ -403,6 +470,20 @@
       state.cursors = [];
       loadKeys();
     }
+  }
+
+  function splitList(v) {
+    return v.split(/[\s,]+/).filter(function (s) { return s !== ''; });
+  }
+
+  // markInvalid flags the restriction field an API refusal is about (its message names it).
+  function markInvalid(e) {
+    var msg = e && e.status === 400 ? e.message : '';
+    var fields = { 'key-scopes': /\bscopes?\b/i, 'key-ips': /allowed[_ ]ips?\b/i };
+    Object.keys(fields).forEach(function (id) {
+      if (msg && fields[id].test(msg)) $(id).setAttribute('aria-invalid', 'true');
+      else $(id).removeAttribute('aria-invalid');
+    });
   }
 
   function showSecret(secret) {
