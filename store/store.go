@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"regexp"
 	"time"
 
@@ -71,6 +72,12 @@ type Key struct {
 	// ReplacedBy is the id of the key that replaced this one in a roll ("" if none). A key
 	// is rolled at most once.
 	ReplacedBy string
+	// Scopes the key may use (nil: any route); see CheckScopes.
+	Scopes []string
+	// AllowedIPs are the client addresses the key works from (nil: any).
+	AllowedIPs []netip.Prefix
+	// Metadata is passed upstream with the key's requests (nil: none).
+	Metadata map[string]string
 }
 
 // Status computes the key's status at now: revoked, else expired if ExpiresAt is not after
@@ -86,6 +93,10 @@ type Lookup struct {
 	Environment apikey.Environment
 	ExpiresAt   time.Time // zero: never
 	RevokedAt   time.Time // zero: not revoked
+	// The key's restrictions and metadata, as on Key.
+	Scopes     []string
+	AllowedIPs []netip.Prefix
+	Metadata   map[string]string
 }
 
 // Status computes the key's status at now, as Key.Status does.
@@ -115,12 +126,14 @@ const (
 
 // Event is an entry of an instance's audit trail.
 type Event struct {
-	ID        string    `json:"id"`
-	Type      string    `json:"type"`
-	Instance  string    `json:"instance"`
-	KeyID     string    `json:"key_id"`
-	NewKeyID  string    `json:"new_key_id,omitempty"` // rolls only
-	Actor     string    `json:"actor"`                // the admin token's name
+	ID       string `json:"id"`
+	Type     string `json:"type"`
+	Instance string `json:"instance"`
+	KeyID    string `json:"key_id"`
+	NewKeyID string `json:"new_key_id,omitempty"` // rolls only
+	// Fields are the names of the fields an update changed (api_key.updated only).
+	Fields    []string  `json:"fields,omitempty"`
+	Actor     string    `json:"actor"` // the admin token's name
 	CreatedAt time.Time `json:"created_at"`
 }
 
@@ -137,7 +150,7 @@ type ListOptions struct {
 
 // Store holds instances and keys. Implementations are safe for concurrent use.
 //
-// Writes that can make a key refuse (RevokeKey, RollKey, ExpireKey) deliver an
+// Writes that can make a key refuse (RevokeKey, RollKey, ExpireKey, UpdateKey) deliver an
 // invalidation of the key's hash to every Watcher subscribed in this process before they return, and to the
 // watchers of every other process sharing the store soon after.
 type Store interface {
@@ -174,6 +187,12 @@ type Store interface {
 	// ErrAlreadyRolled, the old key as it is (for its status and ReplacedBy). A roll that
 	// fails half-way leaves at worst a listed replacement that does not work.
 	RollKey(ctx context.Context, instance, id string, next Key, oldExpiresAt time.Time, ev *Event) (old Key, err error)
+	// UpdateKey changes the fields u sets and returns the key as it is afterwards. In the
+	// same step it records ev (when not nil, and only if something changed), its Fields set
+	// to the names of the changed fields (KeyUpdate.Apply; also on *ev). A change is delivered as an
+	// invalidation of the key's hash, like a revocation, whatever it changed. A revoked key is
+	// refused with ErrKeyRevoked (and nothing written).
+	UpdateKey(ctx context.Context, instance, id string, u KeyUpdate, ev *Event) (Key, error)
 	// ExpireKey moves a key's expiry earlier to `at` (never later) and returns it.
 	ExpireKey(ctx context.Context, instance, id string, at time.Time) (Key, error)
 	// TouchKey records a use of the key at `at` (last_used_at), never moving it back.

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"time"
@@ -114,6 +115,11 @@ type keyRecord struct {
 	RevokedAt   int64  `json:"revoked_at,omitempty"`
 	LastUsedAt  int64  `json:"last_used_at,omitempty"`
 	ReplacedBy  string `json:"replaced_by,omitempty"`
+	// The restrictions: null (or absent, in records written before they existed) restricts
+	// nothing. Addresses are kept as the API writes them (store.FormatAllowedIP).
+	Scopes     []string          `json:"scopes"`
+	AllowedIPs []string          `json:"allowed_ips"`
+	Metadata   map[string]string `json:"metadata,omitempty"`
 }
 
 // Times are kept in Unix milliseconds, like the Redis store (store.Millis).
@@ -121,7 +127,7 @@ func unixMilli(t time.Time) int64 { return store.Millis(t) }
 
 func fromUnixMilli(n int64) time.Time { return store.FromMillis(n) }
 
-func (r keyRecord) key(instance string) store.Key {
+func (r keyRecord) key(instance string) (store.Key, error) {
 	env, _ := apikey.ParseEnvironment(r.Environment)
 	k := store.Key{
 		ID: r.ID, Instance: instance, Environment: env, Name: r.Name, Prefix: r.Prefix,
@@ -130,9 +136,40 @@ func (r keyRecord) key(instance string) store.Key {
 		RevokedAt:  fromUnixMilli(r.RevokedAt),
 		LastUsedAt: fromUnixMilli(r.LastUsedAt),
 		ReplacedBy: r.ReplacedBy,
+		Scopes:     r.Scopes,
+		Metadata:   r.Metadata,
+	}
+	if len(k.Metadata) == 0 {
+		k.Metadata = nil
 	}
 	copy(k.Hash[:], r.Hash)
-	return k
+	if r.AllowedIPs != nil {
+		k.AllowedIPs = make([]netip.Prefix, len(r.AllowedIPs))
+		for i, s := range r.AllowedIPs {
+			p, err := store.ParseAllowedIP(s)
+			if err != nil {
+				return store.Key{}, fmt.Errorf("decoding key %s: %v", r.ID, err)
+			}
+			k.AllowedIPs[i] = p
+		}
+	}
+	return k, nil
+}
+
+// setRestrictions copies k's restrictions into the record.
+func (r *keyRecord) setRestrictions(k store.Key) {
+	r.Scopes = k.Scopes
+	r.AllowedIPs = nil
+	if k.AllowedIPs != nil {
+		r.AllowedIPs = make([]string, len(k.AllowedIPs))
+		for i, p := range k.AllowedIPs {
+			r.AllowedIPs[i] = store.FormatAllowedIP(p)
+		}
+	}
+	r.Metadata = k.Metadata
+	if len(r.Metadata) == 0 {
+		r.Metadata = nil
+	}
 }
 
 // CreateInstance implements store.Store.
@@ -236,6 +273,7 @@ func (s *Store) createKey(tx *bolt.Tx, k store.Key) error {
 		ID: k.ID, Environment: k.Environment.String(), Name: k.Name, Prefix: k.Prefix,
 		Hash: k.Hash[:], Seq: seq, CreatedAt: unixMilli(k.CreatedAt), ExpiresAt: unixMilli(k.ExpiresAt),
 	}
+	rec.setRestrictions(k)
 	if err := putKey(keys, rec); err != nil {
 		return err
 	}
@@ -285,8 +323,8 @@ func (s *Store) Key(_ context.Context, instance, id string) (k store.Key, err er
 		if err != nil {
 			return err
 		}
-		k = rec.key(instance)
-		return nil
+		k, err = rec.key(instance)
+		return err
 	})
 	return k, err
 }
@@ -310,8 +348,12 @@ func (s *Store) LookupHash(_ context.Context, h apikey.Hash) (l store.Lookup, er
 		if err != nil {
 			return err
 		}
-		k := rec.key(string(instance))
-		l = store.Lookup{ID: k.ID, Instance: k.Instance, Environment: k.Environment, ExpiresAt: k.ExpiresAt, RevokedAt: k.RevokedAt}
+		k, err := rec.key(string(instance))
+		if err != nil {
+			return err
+		}
+		l = store.Lookup{ID: k.ID, Instance: k.Instance, Environment: k.Environment, ExpiresAt: k.ExpiresAt, RevokedAt: k.RevokedAt,
+			Scopes: k.Scopes, AllowedIPs: k.AllowedIPs, Metadata: k.Metadata}
 		return nil
 	})
 	return l, err
@@ -346,7 +388,10 @@ func (s *Store) ListKeys(_ context.Context, instance string, opt store.ListOptio
 			if err != nil {
 				return err
 			}
-			key := rec.key(instance)
+			key, err := rec.key(instance)
+			if err != nil {
+				return err
+			}
 			if opt.Status != "" && key.Status(opt.Now) != opt.Status {
 				continue
 			}
@@ -374,7 +419,7 @@ func (s *Store) update(instance, id string, f func(tx *bolt.Tx, r *keyRecord) (c
 			return err
 		}
 		if changed, err = f(tx, &rec); err != nil {
-			k = rec.key(instance)
+			k, _ = rec.key(instance)
 			return err
 		}
 		if changed {
@@ -382,8 +427,8 @@ func (s *Store) update(instance, id string, f func(tx *bolt.Tx, r *keyRecord) (c
 				return err
 			}
 		}
-		k = rec.key(instance)
-		return nil
+		k, err = rec.key(instance)
+		return err
 	})
 	return k, changed, err
 }
@@ -427,7 +472,11 @@ func (s *Store) RollKey(_ context.Context, instance, id string, next store.Key, 
 		return store.Key{}, store.ErrNoExpiry
 	}
 	k, _, err := s.update(instance, id, func(tx *bolt.Tx, r *keyRecord) (bool, error) {
-		if err := store.CheckRoll(r.key(instance), next.CreatedAt); err != nil {
+		old, err := r.key(instance)
+		if err != nil {
+			return false, err
+		}
+		if err := store.CheckRoll(old, next.CreatedAt); err != nil {
 			return false, err
 		}
 		r.ReplacedBy = next.ID

@@ -2,10 +2,13 @@ package filestore
 
 import (
 	"context"
+	"encoding/json"
 	"path/filepath"
 	"slices"
 	"testing"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/keygate/keygate/apikey"
 	"github.com/keygate/keygate/store"
@@ -98,5 +101,54 @@ func TestDataSurvivesReopen(t *testing.T) {
 	keys, _, err := s.ListKeys(ctx, in.ID, store.ListOptions{Limit: 10})
 	if err != nil || len(keys) != 4 || keys[0].ID != k.ID {
 		t.Errorf("after reopen and create, list = %d keys, first %v, %v", len(keys), keys, err)
+	}
+}
+
+// Records written before keys had restrictions read as unrestricted.
+func TestRecordsWithoutRestrictions(t *testing.T) {
+	ctx := context.Background()
+	s, err := Open(filepath.Join(t.TempDir(), "keys.db"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	in := store.Instance{ID: "acme", Name: "Acme", Environment: apikey.Production}
+	if err := s.CreateInstance(ctx, in); err != nil {
+		t.Fatal(err)
+	}
+	k, _ := storetest.NewKey(t, in.ID, in.Environment, "old", time.Now())
+	k.Scopes = []string{"a"}
+	if err := s.CreateKey(ctx, k); err != nil {
+		t.Fatal(err)
+	}
+	// Rewrite the record as an older keygate wrote it.
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		keys, _, err := instanceBuckets(tx, in.ID)
+		if err != nil {
+			return err
+		}
+		var m map[string]any
+		if err := json.Unmarshal(keys.Get([]byte(k.ID)), &m); err != nil {
+			return err
+		}
+		delete(m, "scopes")
+		delete(m, "allowed_ips")
+		delete(m, "metadata")
+		v, err := json.Marshal(m)
+		if err != nil {
+			return err
+		}
+		return keys.Put([]byte(k.ID), v)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Key(ctx, in.ID, k.ID)
+	if err != nil || got.Scopes != nil || got.AllowedIPs != nil || got.Metadata != nil {
+		t.Errorf("old record = %+v, %v; want unrestricted", got, err)
+	}
+	l, err := s.LookupHash(ctx, k.Hash)
+	if err != nil || l.Scopes != nil || l.AllowedIPs != nil || l.Metadata != nil {
+		t.Errorf("old record's lookup = %+v, %v; want unrestricted", l, err)
 	}
 }

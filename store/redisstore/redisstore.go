@@ -9,8 +9,9 @@
 //	P instances                 SET    instance ids (index)
 //	P {i:<id>}                  HASH   instance: name, env, seq (creation counter)
 //	P {i:<id>}:order            ZSET   key ids scored by creation sequence
-//	P {i:<id>}:k:<key id>       HASH   key record (replaced: the id of its roll's replacement)
-//	P h:<hex sha256>            HASH   lookup entry: id, instance, env, exp, rev
+//	P {i:<id>}:k:<key id>       HASH   key record (replaced: the id of its roll's replacement;
+//	                                   scopes, ips, meta: the restrictions, see restrict.go)
+//	P h:<hex sha256>            HASH   lookup entry: id, instance, env, exp, rev, scopes, ips, meta
 //	P inval                     STREAM invalidations: field h = hex hash ("*" = flush all)
 //
 // Times are Unix milliseconds.
@@ -41,12 +42,12 @@ type Options struct {
 	KeyPrefix string
 	// StreamMaxLen bounds the invalidation stream (approximately). Default 100000.
 	StreamMaxLen int64
-	// WaitReplicas, when above 0, makes CreateInstance, CreateKey, RevokeKey, RollKey and
-	// ExpireKey wait, after each of their writes, until that many replicas of the
+	// WaitReplicas, when above 0, makes CreateInstance, CreateKey, RevokeKey, RollKey,
+	// UpdateKey and ExpireKey wait, after each of their writes, until that many replicas of the
 	// master that took the write have acknowledged it (WAIT, on the connection that made the
 	// write, to the master that holds the key: on Cluster each write is confirmed by its own
 	// shard's replicas). If fewer acknowledge within WaitTimeout the call fails with
-	// ErrNotReplicated: a create is undone, a revoke or expiry is completed (it is in force on
+	// ErrNotReplicated: a create is undone, a revoke, expiry or update is completed (it is in force on
 	// the master) but reported, and a roll's replacement is undone while the old key's new
 	// expiry stays. TouchKey and AddEvent do not wait.
 	WaitReplicas int
@@ -256,12 +257,13 @@ func (s *Store) Instances(ctx context.Context) ([]store.Instance, error) {
 	return out, nil
 }
 
-var createKeyScript = redis.NewScript(`
+var createKeyScript = redis.NewScript(restrictLua + `
 if redis.call('EXISTS', KEYS[1]) == 0 then return redis.error_reply('NOINSTANCE instance not found') end
 if redis.call('EXISTS', KEYS[2]) == 1 then return redis.error_reply('KEYEXISTS key id already exists') end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('HSET', KEYS[2], 'id', ARGV[1], 'env', ARGV[2], 'name', ARGV[3], 'prefix', ARGV[4],
   'hash', ARGV[5], 'created', ARGV[6], 'exp', ARGV[7], 'rev', '0', 'last', '0', 'seq', seq)
+set_optional(KEYS[2], {'scopes', 'ips', 'meta'}, {ARGV[8], ARGV[9], ARGV[10]})
 redis.call('ZADD', KEYS[3], seq, ARGV[1])
 return seq
 `)
@@ -270,12 +272,20 @@ return seq
 // then the lookup entry that makes the key work.
 func (s *Store) CreateKey(ctx context.Context, k store.Key) error {
 	hexHash := hex.EncodeToString(k.Hash[:])
+	r, err := restrictions(k)
+	if err != nil {
+		return err
+	}
+	lookup, err := lookupValues(k)
+	if err != nil {
+		return err
+	}
 	listed := false // the script ran: there is a listed record to undo
-	err := s.write(ctx, s.kKey(k.Instance, k.ID), func(c redis.Cmdable) error {
+	err = s.write(ctx, s.kKey(k.Instance, k.ID), func(c redis.Cmdable) error {
 		err := createKeyScript.Run(ctx, c,
 			[]string{s.kInstance(k.Instance), s.kKey(k.Instance, k.ID), s.kOrder(k.Instance)},
 			k.ID, k.Environment.String(), k.Name, k.Prefix, hexHash,
-			store.Millis(k.CreatedAt), store.Millis(k.ExpiresAt)).Err()
+			store.Millis(k.CreatedAt), store.Millis(k.ExpiresAt), r[0], r[1], r[2]).Err()
 		listed = err == nil
 		return err
 	})
@@ -291,8 +301,7 @@ func (s *Store) CreateKey(ctx context.Context, k store.Key) error {
 	err = s.fail("create:listed")
 	if err == nil {
 		err = s.write(ctx, s.kLookupHex(hexHash), func(c redis.Cmdable) error {
-			return c.HSet(ctx, s.kLookupHex(hexHash), "id", k.ID, "instance", k.Instance,
-				"env", k.Environment.String(), "exp", store.Millis(k.ExpiresAt), "rev", 0).Err()
+			return c.HSet(ctx, s.kLookupHex(hexHash), lookup...).Err()
 		})
 	}
 	if err != nil {
@@ -315,7 +324,16 @@ func (s *Store) undoCreate(k store.Key, hexHash string) {
 	s.rdb.Del(ctx, s.kKey(k.Instance, k.ID))
 }
 
-var keyFields = []string{"id", "env", "name", "prefix", "hash", "created", "exp", "rev", "last", "replaced"}
+// keyFields are the fields of a listed record that decodeKey reads, in its order.
+var keyFields = []string{"id", "env", "name", "prefix", "hash", "created", "exp", "rev", "last", "replaced", "scopes", "ips", "meta"}
+
+// Positions in keyFields of the fields UpdateKey compares and sets.
+const (
+	fieldName   = 2
+	fieldExp    = 6
+	fieldRev    = 7
+	fieldScopes = 10
+)
 
 func decodeKey(instance string, v []any) (store.Key, bool, error) {
 	if v[0] == nil {
@@ -336,31 +354,40 @@ func decodeKey(instance string, v []any) (store.Key, bool, error) {
 	if n, err := hex.Decode(k.Hash[:], []byte(str(4))); err != nil || n != len(k.Hash) {
 		return store.Key{}, false, fmt.Errorf("decoding key %s: bad hash", k.ID)
 	}
+	if k.Scopes, k.AllowedIPs, k.Metadata, err = decodeRestrictions(v[fieldScopes:]); err != nil {
+		return store.Key{}, false, fmt.Errorf("decoding key %s: %v", k.ID, err)
+	}
 	return k, true, nil
 }
 
 // Key implements store.Store.
 func (s *Store) Key(ctx context.Context, instance, id string) (store.Key, error) {
+	k, _, err := s.readKey(ctx, instance, id)
+	return k, err
+}
+
+// readKey returns a key and its record's fields as read (keyFields).
+func (s *Store) readKey(ctx context.Context, instance, id string) (store.Key, []any, error) {
 	v, err := s.rdb.HMGet(ctx, s.kKey(instance, id), keyFields...).Result()
 	if err != nil {
-		return store.Key{}, err
+		return store.Key{}, nil, err
 	}
 	k, ok, err := decodeKey(instance, v)
 	if err != nil {
-		return store.Key{}, err
+		return store.Key{}, nil, err
 	}
 	if !ok {
 		if _, err := s.Instance(ctx, instance); err != nil {
-			return store.Key{}, err
+			return store.Key{}, nil, err
 		}
-		return store.Key{}, store.ErrKeyNotFound
+		return store.Key{}, nil, store.ErrKeyNotFound
 	}
-	return k, nil
+	return k, v, nil
 }
 
 // LookupHash implements store.Store: one round trip.
 func (s *Store) LookupHash(ctx context.Context, h apikey.Hash) (store.Lookup, error) {
-	v, err := s.rdb.HMGet(ctx, s.kLookup(h), "id", "instance", "env", "exp", "rev").Result()
+	v, err := s.rdb.HMGet(ctx, s.kLookup(h), "id", "instance", "env", "exp", "rev", "scopes", "ips", "meta").Result()
 	if err != nil {
 		return store.Lookup{}, err
 	}
@@ -373,8 +400,12 @@ func (s *Store) LookupHash(ctx context.Context, h apikey.Hash) (store.Lookup, er
 	if err != nil {
 		return store.Lookup{}, fmt.Errorf("decoding lookup entry of key %s: %v", str(0), err)
 	}
-	return store.Lookup{ID: str(0), Instance: str(1), Environment: env,
-		ExpiresAt: store.FromMillis(num(3)), RevokedAt: store.FromMillis(num(4))}, nil
+	l := store.Lookup{ID: str(0), Instance: str(1), Environment: env,
+		ExpiresAt: store.FromMillis(num(3)), RevokedAt: store.FromMillis(num(4))}
+	if l.Scopes, l.AllowedIPs, l.Metadata, err = decodeRestrictions(v[5:]); err != nil {
+		return store.Lookup{}, fmt.Errorf("decoding lookup entry of key %s: %v", l.ID, err)
+	}
+	return l, nil
 }
 
 // pageStart checks that the instance exists and returns the score bound a newest-first page
@@ -521,16 +552,8 @@ func (s *Store) refuse(ctx context.Context, instance, id, field string, at time.
 		at = k.RevokedAt // a repeated revoke keeps the first time
 	}
 	ms := store.Millis(at)
-	// notReplicated: a write the master took but too few replicas acknowledged. The
-	// refusal is in force on the master, so it goes on to the end, and then reports it.
-	var notReplicated error
-	run := func(key string, do func(c redis.Cmdable) error) error {
-		err := s.write(ctx, key, do)
-		if errors.Is(err, ErrNotReplicated) {
-			notReplicated, err = cmp.Or(notReplicated, err), nil
-		}
-		return err
-	}
+	w := &writes{s: s}
+	run := func(key string, do func(c redis.Cmdable) error) error { return w.run(ctx, key, do) }
 	mark := func(key string) (v string, err error) {
 		err = run(key, func(c redis.Cmdable) error {
 			v, err = setEarliestScript.Run(ctx, c, []string{key}, field, ms).Text()
@@ -587,18 +610,42 @@ func (s *Store) refuse(ctx context.Context, instance, id, field string, at time.
 			k.ExpiresAt = store.FromMillis(ms)
 		}
 	}
-	// Local watchers first: once this returns, this process refuses the key.
-	s.Invalidate(k.Hash)
-	perr := run(s.kStream(), func(c redis.Cmdable) error { return s.publish(ctx, c, k.Hash) })
-	switch {
-	case err != nil:
+	if err = w.invalidate(ctx, k.Hash, err); err != nil {
 		return store.Key{}, false, err
-	case perr != nil:
-		return store.Key{}, false, fmt.Errorf("publishing invalidation: %w", perr)
-	case notReplicated != nil:
-		return store.Key{}, false, notReplicated
 	}
 	return k, changed, nil
+}
+
+// writes are the steps of one write that spans slots: each step is s.write, but a step the
+// master took that too few replicas acknowledged goes on to the end (what it wrote is in
+// force on the master) and the whole write reports it then.
+type writes struct {
+	s             *Store
+	notReplicated error
+}
+
+func (w *writes) run(ctx context.Context, key string, do func(c redis.Cmdable) error) error {
+	err := w.s.write(ctx, key, do)
+	if errors.Is(err, ErrNotReplicated) {
+		w.notReplicated, err = cmp.Or(w.notReplicated, err), nil
+	}
+	return err
+}
+
+// invalidate is the last step of a write that changed a key's lookup entry (and err what
+// failed before it, if anything): the watchers of this process first (once the write returns,
+// this process no longer serves the key from its cache), then the stream for every other
+// process, also after a failure. It returns the write's error.
+func (w *writes) invalidate(ctx context.Context, h apikey.Hash, err error) error {
+	w.s.Invalidate(h)
+	perr := w.run(ctx, w.s.kStream(), func(c redis.Cmdable) error { return w.s.publish(ctx, c, h) })
+	switch {
+	case err != nil:
+		return err
+	case perr != nil:
+		return fmt.Errorf("publishing invalidation: %w", perr)
+	}
+	return w.notReplicated
 }
 
 func (s *Store) publish(ctx context.Context, c redis.Cmdable, h apikey.Hash) error {

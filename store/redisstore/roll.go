@@ -19,8 +19,9 @@ import (
 // event when ARGV[9] is an event id.
 //
 // KEYS: old key record, instance, replacement record, order, events, evdata.
-// ARGV: roll time, replacement id, env, name, prefix, hash, created, exp, event id, JSON, max.
-var claimScript = redis.NewScript(addEventLua + `
+// ARGV: roll time, replacement id, env, name, prefix, hash, created, exp, event id, JSON, max,
+// scopes, ips, meta.
+var claimScript = redis.NewScript(addEventLua + restrictLua + `
 if redis.call('EXISTS', KEYS[2]) == 0 then return redis.error_reply('NOINSTANCE instance not found') end
 local old = redis.call('HMGET', KEYS[1], 'id', 'rev', 'exp', 'replaced')
 if not old[1] then return redis.error_reply('NOKEY api key not found') end
@@ -34,6 +35,7 @@ redis.call('HSET', KEYS[1], 'replaced', ARGV[2])
 local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
 redis.call('HSET', KEYS[3], 'id', ARGV[2], 'env', ARGV[3], 'name', ARGV[4], 'prefix', ARGV[5],
   'hash', ARGV[6], 'created', ARGV[7], 'exp', ARGV[8], 'rev', '0', 'last', '0', 'seq', seq)
+set_optional(KEYS[3], {'scopes', 'ips', 'meta'}, {ARGV[12], ARGV[13], ARGV[14]})
 redis.call('ZADD', KEYS[4], seq, ARGV[2])
 if ARGV[9] ~= '' then add_event(KEYS[2], KEYS[5], KEYS[6], ARGV[9], ARGV[10], ARGV[11]) end
 return seq
@@ -75,6 +77,14 @@ func (s *Store) RollKey(ctx context.Context, instance, id string, next store.Key
 	if err != nil {
 		return store.Key{}, err
 	}
+	r, err := restrictions(next)
+	if err != nil {
+		return store.Key{}, err
+	}
+	lookup, err := lookupValues(next)
+	if err != nil {
+		return store.Key{}, err
+	}
 	hexHash := hex.EncodeToString(next.Hash[:])
 	undo := func() { s.undoRoll(instance, id, next, hexHash, ev) }
 
@@ -82,6 +92,7 @@ func (s *Store) RollKey(ctx context.Context, instance, id string, next store.Key
 		keys := append([]string{s.kKey(instance, id), s.kInstance(instance), s.kKey(instance, next.ID), s.kOrder(instance)}, evKeys[1:]...)
 		args := append([]any{store.Millis(next.CreatedAt), next.ID, next.Environment.String(), next.Name, next.Prefix,
 			hexHash, store.Millis(next.CreatedAt), store.Millis(next.ExpiresAt)}, evArgs...)
+		args = append(args, r[0], r[1], r[2])
 		return claimScript.Run(ctx, c, keys, args...).Err()
 	})
 	if err != nil {
@@ -103,8 +114,7 @@ func (s *Store) RollKey(ctx context.Context, instance, id string, next store.Key
 	err = s.fail("roll:claimed")
 	if err == nil {
 		err = s.write(ctx, s.kLookupHex(hexHash), func(c redis.Cmdable) error {
-			return c.HSet(ctx, s.kLookupHex(hexHash), "id", next.ID, "instance", instance,
-				"env", next.Environment.String(), "exp", store.Millis(next.ExpiresAt), "rev", 0).Err()
+			return c.HSet(ctx, s.kLookupHex(hexHash), lookup...).Err()
 		})
 	}
 	if err != nil {

@@ -3,6 +3,7 @@ package storetest
 import (
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"time"
 
@@ -38,7 +39,7 @@ func testRevoke(x *suite) {
 		t.Errorf("revoked keys listed = %v, %v; want [%s]", ids(keys), err, k.ID)
 	}
 
-	if evs := x.events(in.ID); len(evs) != 1 || evs[0] != x.stored(ev) {
+	if evs := x.events(in.ID); len(evs) != 1 || !reflect.DeepEqual(evs[0], x.stored(ev)) {
 		t.Errorf("events after a revoke = %+v, want [%+v]", evs, x.stored(ev))
 	}
 

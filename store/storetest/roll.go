@@ -2,6 +2,7 @@ package storetest
 
 import (
 	"errors"
+	"reflect"
 	"slices"
 	"time"
 
@@ -46,7 +47,7 @@ func testRoll(x *suite) {
 	if err != nil || !slices.Equal(ids(keys), []string{next.ID, old.ID}) {
 		t.Errorf("after roll, list = %v, %v; want [new old]", ids(keys), err)
 	}
-	if evs := x.events(in.ID); len(evs) != 1 || evs[0] != x.stored(ev) {
+	if evs := x.events(in.ID); len(evs) != 1 || !reflect.DeepEqual(evs[0], x.stored(ev)) {
 		t.Errorf("events after a roll = %+v, want [%+v]", evs, x.stored(ev))
 	}
 

@@ -13,7 +13,7 @@
 // The package also offers the small helpers those tests share: a recording Watcher and a
 // key maker (helpers.go). The tests themselves are grouped by concern:
 // instances, keys, listing, refusals (revoke, expire), roll, invalidation, failures half-way,
-// atomicity under concurrency, and events.
+// atomicity under concurrency, events, and restricted keys with their updates.
 package storetest
 
 import (
@@ -62,6 +62,12 @@ func Run(t *testing.T, open func(t *testing.T, failPoint func(step string) error
 		{"ConcurrentRevokesAgreeAndRecordOneEvent", testConcurrentRevokes},
 		{"RevokeRacingRollNeverLeavesAStrayReplacement", testRevokeRacingRoll},
 		{"EventsNewestFirstPagedAndBounded", testEvents},
+		{"RestrictionsRoundTrip", testRestrictionsRoundTrip},
+		{"UpdateKeyChangesFieldsAndRecordsThem", testUpdateKey},
+		{"UpdateKeyRefusesRevokedKeyWritingNothing", testUpdateRevoked},
+		{"UpdateKeyMovesExpiryEitherWay", testUpdateExpiry},
+		{"ConcurrentUpdatesLastWriterWinsOneEventEach", testConcurrentUpdates},
+		{"RollReplacementKeepsRestrictions", testRollKeepsRestrictions},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

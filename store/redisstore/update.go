@@ -1,0 +1,139 @@
+package redisstore
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/keygate/keygate/apikey"
+	"github.com/keygate/keygate/store"
+)
+
+// updateLookupScript writes the fields an update can change on a lookup entry: exp
+// (ARGV[1]) and the restrictions (ARGV[2..4], "" for none). A missing entry is not created:
+// a key whose create failed half-way must not start working because it was updated. The
+// entry's rev is never touched, so an update racing with a revoke cannot undo it.
+var updateLookupScript = redis.NewScript(restrictLua + `
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'exp', ARGV[1])
+set_optional(KEYS[1], {'scopes', 'ips', 'meta'}, {ARGV[2], ARGV[3], ARGV[4]})
+return 1
+`)
+
+// updateScript is the update of a listed record, on the instance's slot: a compare-and-set.
+// If the record's name, exp, rev or restrictions are no longer what the caller read
+// (ARGV[1..6], "" for an absent field), it writes nothing and returns 0: the caller reads
+// again. Otherwise it sets name, exp and the restrictions (ARGV[7..11]) and, when ARGV[12] is
+// an event id, adds the event in the same step, and returns 1.
+//
+// KEYS: key record, instance, events, evdata.
+// ARGV: the six fields as read, the five new ones, event id, JSON, max.
+var updateScript = redis.NewScript(addEventLua + restrictLua + `
+local cur = redis.call('HMGET', KEYS[1], 'id', 'name', 'exp', 'rev', 'scopes', 'ips', 'meta')
+if not cur[1] then return redis.error_reply('NOKEY api key not found') end
+for i = 1, 6 do
+  if (cur[i + 1] or '') ~= ARGV[i] then return 0 end
+end
+redis.call('HSET', KEYS[1], 'name', ARGV[7], 'exp', ARGV[8])
+set_optional(KEYS[1], {'scopes', 'ips', 'meta'}, {ARGV[9], ARGV[10], ARGV[11]})
+if ARGV[12] ~= '' then add_event(KEYS[2], KEYS[3], KEYS[4], ARGV[12], ARGV[13], ARGV[14]) end
+return 1
+`)
+
+// maxUpdateAttempts bounds how often UpdateKey reads again after a concurrent change of the
+// record came between its read and its write.
+const maxUpdateAttempts = 32
+
+// UpdateKey implements store.Store. It reads the record, and, if the update changes it: writes
+// the lookup entry first (so that a failure half-way leaves the gateways enforcing what was
+// asked, never more than the record lists), then the record with the event, one
+// compare-and-set script on the instance's slot, then delivers the invalidation of the key's
+// hash as a revocation does. When the record changed since it was read (a concurrent update,
+// revoke or expiry), it starts again from the read: of concurrent updates the last to write
+// the record wins, and the lookup entry is written again from what the record holds.
+func (s *Store) UpdateKey(ctx context.Context, instance, id string, u store.KeyUpdate, ev *store.Event) (store.Key, error) {
+	if err := store.CheckEvent(ev, instance); err != nil {
+		return store.Key{}, err
+	}
+	w := &writes{s: s}
+	var h apikey.Hash
+	// wrote: a lookup entry write was sent. From then on the caches are told, whatever
+	// follows, and a retry writes the lookup entry again even if it has nothing to change.
+	wrote := false
+	finish := func(k store.Key, err error) (store.Key, error) {
+		if !wrote {
+			return k, err
+		}
+		if err := w.invalidate(ctx, h, err); err != nil {
+			return store.Key{}, err
+		}
+		return k, nil
+	}
+	for attempt := 0; ; attempt++ {
+		if attempt == maxUpdateAttempts {
+			return finish(store.Key{}, fmt.Errorf("updating key %s: %d concurrent changes came first", id, attempt))
+		}
+		old, raw, err := s.readKey(ctx, instance, id)
+		if err == nil && !old.RevokedAt.IsZero() {
+			err = store.ErrKeyRevoked
+		}
+		if err != nil {
+			return finish(store.Key{}, err)
+		}
+		h = old.Hash
+		k, fields := u.Apply(old)
+		if len(fields) == 0 && !wrote {
+			return old, nil
+		}
+		r, err := restrictions(k)
+		if err != nil {
+			return finish(store.Key{}, err)
+		}
+		var e *store.Event
+		if ev != nil && len(fields) > 0 {
+			c := *ev
+			c.Fields = fields
+			e = &c
+		}
+		evKeys, evArgs, err := s.eventArgs(instance, e)
+		if err != nil {
+			return finish(store.Key{}, err)
+		}
+
+		wrote = true
+		err = w.run(ctx, s.kLookup(h), func(c redis.Cmdable) error {
+			return updateLookupScript.Run(ctx, c, []string{s.kLookup(h)}, store.Millis(k.ExpiresAt), r[0], r[1], r[2]).Err()
+		})
+		if err == nil {
+			err = s.fail("update:lookup")
+		}
+		if err != nil {
+			return finish(store.Key{}, err)
+		}
+
+		str := func(i int) string { v, _ := raw[i].(string); return v }
+		args := []any{str(fieldName), str(fieldExp), str(fieldRev), str(fieldScopes), str(fieldScopes + 1), str(fieldScopes + 2),
+			k.Name, store.Millis(k.ExpiresAt), r[0], r[1], r[2]}
+		var set int64
+		err = w.run(ctx, s.kKey(instance, id), func(c redis.Cmdable) error {
+			var err error
+			set, err = updateScript.Run(ctx, c, append([]string{s.kKey(instance, id)}, evKeys...), append(args, evArgs...)...).Int64()
+			return err
+		})
+		if err != nil && strings.HasPrefix(err.Error(), "NOKEY") {
+			err = store.ErrKeyNotFound
+		}
+		if err != nil {
+			return finish(store.Key{}, err)
+		}
+		if set == 0 {
+			continue // the record changed since it was read
+		}
+		if e != nil {
+			ev.Fields = fields
+		}
+		return finish(k, nil)
+	}
+}
