@@ -11,14 +11,18 @@ import (
 	"github.com/keygate/keygate/store"
 )
 
-// updateLookupScript writes the fields an update can change on a lookup entry: exp
-// (ARGV[1]) and the restrictions (ARGV[2..4], "" for none). A missing entry is not created:
-// a key whose create failed half-way must not start working because it was updated. The
-// entry's rev is never touched, so an update racing with a revoke cannot undo it.
-var updateLookupScript = redis.NewScript(restrictLua + `
+// updateLookupScript writes the fields an update sets on a lookup entry, and only those (a
+// concurrent expiry of a key whose scopes are updated is not overwritten): exp when ARGV[1]
+// is not empty, then the field-value pairs that follow (an empty value deletes the field). A
+// missing entry is not created: a key whose create failed half-way must not start working
+// because it was updated. The entry's rev is never touched, so an update racing with a revoke
+// cannot undo it.
+var updateLookupScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], 'exp', ARGV[1])
-set_optional(KEYS[1], {'scopes', 'ips', 'meta'}, {ARGV[2], ARGV[3], ARGV[4]})
+if ARGV[1] ~= '' then redis.call('HSET', KEYS[1], 'exp', ARGV[1]) end
+for i = 2, #ARGV, 2 do
+  if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[1], ARGV[i]) else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
 return 1
 `)
 
@@ -47,7 +51,7 @@ return 1
 const maxUpdateAttempts = 32
 
 // UpdateKey implements store.Store. It reads the record, and, if the update changes it: writes
-// the lookup entry first (so that a failure half-way leaves the gateways enforcing what was
+// the fields the update sets on the lookup entry first (so that a failure half-way leaves the gateways enforcing what was
 // asked, never more than the record lists), then the record with the event, one
 // compare-and-set script on the instance's slot, then delivers the invalidation of the key's
 // hash as a revocation does. When the record changed since it was read (a concurrent update,
@@ -102,9 +106,18 @@ func (s *Store) UpdateKey(ctx context.Context, instance, id string, u store.KeyU
 			return finish(store.Key{}, err)
 		}
 
+		lookup := []any{""}
+		if u.ExpiresAt != nil {
+			lookup[0] = store.Millis(k.ExpiresAt)
+		}
+		for i, set := range []bool{u.Scopes != nil, u.AllowedIPs != nil, u.Metadata != nil} {
+			if set {
+				lookup = append(lookup, restrictFields[i], r[i])
+			}
+		}
 		wrote = true
 		err = w.run(ctx, s.kLookup(h), func(c redis.Cmdable) error {
-			return updateLookupScript.Run(ctx, c, []string{s.kLookup(h)}, store.Millis(k.ExpiresAt), r[0], r[1], r[2]).Err()
+			return updateLookupScript.Run(ctx, c, []string{s.kLookup(h)}, lookup...).Err()
 		})
 		if err == nil {
 			err = s.fail("update:lookup")
