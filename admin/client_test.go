@@ -315,3 +315,69 @@ func TestClientEscapesPath(t *testing.T) {
 		t.Errorf("err = %v, want invalid_request for a malformed key id", err)
 	}
 }
+
+// CreateKeyWith sends the restrictions; UpdateKey sends only the fields it is given, nil
+// pointers left out and pointers to nil sent as null.
+func TestClientRestrictedKeys(t *testing.T) {
+	srv, _ := clientTestServer(t)
+	ctx := context.Background()
+	c := &Client{BaseURL: srv.URL, Token: clientAllToken}
+	k, err := c.CreateKeyWith(ctx, "acme-sandbox", NewKey{Name: "r", Scopes: []string{"a:b"},
+		AllowedIPs: []string{"192.0.2.1/32", "10.0.0.0/8"}, Metadata: map[string]string{"m": "1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(k.Scopes, ",") != "a:b" || strings.Join(k.AllowedIPs, ",") != "192.0.2.1,10.0.0.0/8" || k.Metadata["m"] != "1" {
+		t.Fatalf("created %+v", k)
+	}
+	if _, err := c.CreateKeyWith(ctx, "acme-sandbox", NewKey{Name: "r", Scopes: []string{}}); err == nil {
+		t.Fatal("an empty scope list was not sent as one (or not refused)")
+	}
+	plain, err := c.CreateKey(ctx, "acme-sandbox", "plain", "")
+	if err != nil || plain.Scopes != nil || plain.AllowedIPs != nil || plain.Metadata == nil || len(plain.Metadata) != 0 {
+		t.Fatalf("plain key %+v %v: want null, null, {}", plain, err)
+	}
+
+	name := "renamed"
+	got, err := c.UpdateKey(ctx, "acme-sandbox", k.ID, KeyChanges{Name: &name})
+	if err != nil || got.Name != "renamed" || strings.Join(got.Scopes, ",") != "a:b" || got.Metadata["m"] != "1" {
+		t.Fatalf("UpdateKey(name) = %+v, %v", got, err)
+	}
+	day := time.Now().UTC().AddDate(0, 0, 5).Format("2006-01-02")
+	var noScopes []string
+	var noMeta map[string]string
+	got, err = c.UpdateKey(ctx, "acme-sandbox", k.ID, KeyChanges{ExpiresAt: &day, Scopes: &noScopes, Metadata: &noMeta})
+	if err != nil || got.ExpiresAt == nil || got.Scopes != nil || len(got.Metadata) != 0 || len(got.AllowedIPs) != 2 {
+		t.Fatalf("UpdateKey(expiry, clear scopes and metadata) = %+v, %v", got, err)
+	}
+	never := ""
+	var anyIP []string
+	got, err = c.UpdateKey(ctx, "acme-sandbox", k.ID, KeyChanges{ExpiresAt: &never, AllowedIPs: &anyIP})
+	if err != nil || got.ExpiresAt != nil || got.AllowedIPs != nil {
+		t.Fatalf("UpdateKey(never, any address) = %+v, %v", got, err)
+	}
+	_, err = c.UpdateKey(ctx, "acme-sandbox", k.ID, KeyChanges{})
+	var ae *Error
+	if !errors.As(err, &ae) || ae.Status != 400 || !strings.Contains(ae.Message, "Nothing to update") {
+		t.Fatalf("empty UpdateKey: %v", err)
+	}
+	if _, err := c.RevokeKey(ctx, "acme-sandbox", k.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err = c.UpdateKey(ctx, "acme-sandbox", k.ID, KeyChanges{Name: &name}); !errors.As(err, &ae) || ae.Status != 409 || ae.Code != "api_key_revoked" {
+		t.Fatalf("UpdateKey of a revoked key: %v", err)
+	}
+	evs, err := c.Events(ctx, "acme-sandbox", 0, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var updates []string
+	for _, e := range evs.Data {
+		if e.Type == "api_key.updated" {
+			updates = append(updates, strings.Join(e.Fields, "+"))
+		}
+	}
+	if want := "expires_at+allowed_ips expires_at+scopes+metadata name"; strings.Join(updates, " ") != want {
+		t.Fatalf("update events %q, want %q", updates, want)
+	}
+}

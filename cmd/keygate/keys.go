@@ -20,7 +20,7 @@ import (
 	"github.com/keygate/keygate/apikey"
 )
 
-// The `keys` command group: create, list, revoke and roll API keys through the admin JSON API
+// The `keys` command group: create, list, update, revoke and roll API keys through the admin JSON API
 // (README, "The keys CLI"). Output contract, for people and scripts alike:
 //
 //   - success: exit status 0; what a script wants (the secret, the table, the JSON) on
@@ -43,7 +43,7 @@ const (
 )
 
 const keysLong = `
-Creates, lists, revokes and rolls the API keys of a Nora instance by calling
+Creates, lists, updates, revokes and rolls the API keys of a Nora instance by calling
 keygate's admin endpoint (the nora_admin site, not Caddy's :2019 admin API).
 
 The admin token is read from the NORA_ADMIN_TOKEN environment variable only
@@ -51,14 +51,27 @@ The admin token is read from the NORA_ADMIN_TOKEN environment variable only
 --admin URL, else $NORA_ADMIN_URL, else http://localhost:9180.
 
   keygate keys create --instance ID --name NAME [--expires DATE]
+                      [--scope S]... [--allow-ip CIDR]... [--meta NAME=VALUE]...
       Prints only the new secret on stdout (a summary goes to stderr). The
       secret is shown once. DATE is YYYY-MM-DD (the key stops at 00:00 UTC
-      that day; tomorrow at the earliest) or an RFC 3339 time.
+      that day; tomorrow at the earliest) or an RFC 3339 time. --scope limits
+      the key to routes requiring those scopes (charges:read, charges:*),
+      --allow-ip to those client addresses or CIDR prefixes; --meta attaches
+      metadata passed upstream. Each may be repeated.
+
+  keygate keys update --instance ID KEY_ID [--name NAME] [--expires DATE|never]
+                      [--scope S]... | [--no-scopes]
+                      [--allow-ip CIDR]... | [--any-ip]
+                      [--meta NAME=VALUE]... | [--no-meta]
+      Changes only what is given: --scope and --allow-ip replace the whole
+      list, --meta the whole metadata; --no-scopes, --any-ip and --no-meta
+      lift the restriction or clear the metadata. Prints the key.
 
   keygate keys list --instance ID [--status active|expired|revoked]
                     [--limit N [--starting-after KEY_ID]]
       A table of the instance's keys, newest first; all of them, page after
-      page, unless --limit asks for one page.
+      page, unless --limit asks for one page. RESTRICTED counts a key's
+      scopes and allowed addresses ("-": none).
 
   keygate keys revoke --instance ID KEY_ID
       Prints "revoked KEY_ID (name)". Revoking a revoked key succeeds.
@@ -77,8 +90,8 @@ Exit status: 0 on success; 1 on any refusal, with one line on stderr.
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "keys",
-		Usage: "<create|list|revoke|roll> [--admin <url>] [--json] [flags]",
-		Short: "Creates, lists, revokes and rolls API keys (admin endpoint)",
+		Usage: "<create|list|update|revoke|roll> [--admin <url>] [--json] [flags]",
+		Short: "Creates, lists, updates, revokes and rolls API keys (admin endpoint)",
 		Long:  keysLong,
 		CobraFunc: func(cmd *cobra.Command) {
 			(&keysCLI{getenv: os.Getenv, stdout: os.Stdout, stderr: os.Stderr}).setup(cmd)
@@ -167,9 +180,9 @@ func (c *keysCLI) setup(keys *cobra.Command) {
 			}
 			return cmd.Help()
 		}
-		return c.report(cmd, fmt.Errorf("unknown command %q (create, list, revoke or roll; see --help)", args[0]))
+		return c.report(cmd, fmt.Errorf("unknown command %q (create, list, update, revoke or roll; see --help)", args[0]))
 	}
-	keys.AddCommand(c.createCmd(), c.listCmd(), c.revokeCmd(), c.rollCmd())
+	keys.AddCommand(c.createCmd(), c.listCmd(), c.updateCmd(), c.revokeCmd(), c.rollCmd())
 }
 
 // subcommand finishes cmd as a `keys` subcommand: errors and usage are not printed by cobra
@@ -195,8 +208,9 @@ func (c *keysCLI) subcommand(cmd *cobra.Command, instance *string, run func(cmd 
 // createCmd is `keys create`: the secret alone on standard output.
 func (c *keysCLI) createCmd() *cobra.Command {
 	var instance, name, expires string
+	var r restrictionFlags
 	cmd := c.subcommand(&cobra.Command{
-		Use:   "create --instance ID --name NAME [--expires DATE]",
+		Use:   "create --instance ID --name NAME [--expires DATE] [--scope S]... [--allow-ip CIDR]... [--meta NAME=VALUE]...",
 		Short: "Creates a key and prints its secret (shown once)",
 		Long: `Creates an API key in an instance. Only the secret goes to standard output
 (with --json: the key object including "secret"); a summary goes to standard
@@ -211,13 +225,24 @@ error. The secret is shown once and cannot be retrieved later.`,
 		if err := required("name", name); err != nil {
 			return err
 		}
+		nk := admin.NewKey{Name: name, ExpiresAt: strings.TrimSpace(expires)}
+		var err error
+		if nk.Scopes, err = r.scopes(); err != nil {
+			return err
+		}
+		if nk.AllowedIPs, err = r.allowedIPs(); err != nil {
+			return err
+		}
+		if nk.Metadata, err = r.metadata(); err != nil {
+			return err
+		}
 		client, err := c.client()
 		if err != nil {
 			return err
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
-		k, err := client.CreateKey(ctx, instance, name, strings.TrimSpace(expires))
+		k, err := client.CreateKeyWith(ctx, instance, nk)
 		if err != nil {
 			return c.apiProblem(err)
 		}
@@ -228,6 +253,7 @@ error. The secret is shown once and cannot be retrieved later.`,
 	})
 	cmd.Flags().StringVar(&name, "name", "", "key name, 1 to 100 characters (required)")
 	cmd.Flags().StringVar(&expires, "expires", "", "expiry: YYYY-MM-DD (00:00 UTC that day) or RFC 3339; default never")
+	r.add(cmd, false)
 	return cmd
 }
 
@@ -449,6 +475,9 @@ func (c *keysCLI) printSecret(k admin.Key, summary func(w io.Writer)) error {
 func (c *keysCLI) keyDetails(w io.Writer, k admin.Key) {
 	fmt.Fprintf(w, "  key:     %s\n", maskPrefix(k.Prefix))
 	fmt.Fprintf(w, "  expires: %s\n", fmtExpiry(k.ExpiresAt))
+	fmt.Fprintf(w, "  scopes:  %s\n", fmtList(k.Scopes, "any route"))
+	fmt.Fprintf(w, "  from:    %s\n", fmtList(k.AllowedIPs, "any address"))
+	fmt.Fprintf(w, "  meta:    %s\n", fmtMetadata(k.Metadata))
 }
 
 func (c *keysCLI) printJSON(v any) error {
@@ -465,10 +494,10 @@ func (c *keysCLI) printJSON(v any) error {
 // masked prefix.
 func writeKeyTable(w io.Writer, keys []admin.Key) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tNAME\tKEY\tSTATUS\tEXPIRES\tCREATED\tLAST USED")
+	fmt.Fprintln(tw, "ID\tNAME\tKEY\tSTATUS\tEXPIRES\tCREATED\tLAST USED\tRESTRICTED")
 	for _, k := range keys {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", clean(k.ID), clean(k.Name), maskPrefix(k.Prefix),
-			clean(k.Status), fmtExpiry(k.ExpiresAt), fmtInstant(deref(k.CreatedAt)), fmtLastUsed(k.LastUsedAt))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", clean(k.ID), clean(k.Name), maskPrefix(k.Prefix),
+			clean(k.Status), fmtExpiry(k.ExpiresAt), fmtInstant(deref(k.CreatedAt)), fmtLastUsed(k.LastUsedAt), fmtRestricted(k))
 	}
 	return tw.Flush()
 }

@@ -172,7 +172,7 @@ func TestKeysCreateJSON(t *testing.T) {
 	if err := json.Unmarshal([]byte(r.stdout), &raw); err != nil {
 		t.Fatalf("stdout is not JSON: %q", r.stdout)
 	}
-	for _, field := range []string{"object", "id", "instance", "environment", "name", "prefix", "status", "created_at", "expires_at", "revoked_at", "last_used_at", "secret"} {
+	for _, field := range []string{"object", "id", "instance", "environment", "name", "prefix", "status", "created_at", "expires_at", "revoked_at", "last_used_at", "scopes", "allowed_ips", "metadata", "secret"} {
 		if _, ok := raw[field]; !ok {
 			t.Errorf("key object lacks %q: %s", field, r.stdout)
 		}
@@ -209,7 +209,7 @@ func TestKeysListTable(t *testing.T) {
 	if len(lines) != 3 {
 		t.Fatalf("table = %q, want a header and two rows", r.stdout)
 	}
-	header := regexp.MustCompile(`^ID +NAME +KEY +STATUS +EXPIRES +CREATED +LAST USED$`)
+	header := regexp.MustCompile(`^ID +NAME +KEY +STATUS +EXPIRES +CREATED +LAST USED +RESTRICTED$`)
 	if !header.MatchString(lines[0]) {
 		t.Errorf("header = %q", lines[0])
 	}
@@ -218,10 +218,10 @@ func TestKeysListTable(t *testing.T) {
 		return regexp.MustCompile("^" + k.ID + " +" + regexp.QuoteMeta(k.Name) + " +" + regexp.QuoteMeta(k.Prefix+"…") + " +active +" + rest + "$")
 	}
 	created := `\d{4}-\d\d-\d\d \d\d:\d\d UTC`
-	if !row(dated, date+" +"+created+" +"+regexp.QuoteMeta(used.Format("2006-01-02 15:04 UTC"))).MatchString(lines[1]) {
+	if !row(dated, date+" +"+created+" +"+regexp.QuoteMeta(used.Format("2006-01-02 15:04 UTC"))+" +-").MatchString(lines[1]) {
 		t.Errorf("row 1 = %q", lines[1])
 	}
-	if !row(never, "Never +"+created+" +Never").MatchString(lines[2]) {
+	if !row(never, "Never +"+created+" +Never +-").MatchString(lines[2]) {
 		t.Errorf("row 2 = %q", lines[2])
 	}
 	if !regexp.MustCompile(`sk_test_[0-9A-Za-z]{6}…`).MatchString(lines[2]) {
