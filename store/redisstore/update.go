@@ -50,13 +50,13 @@ return 1
 // record came between its read and its write.
 const maxUpdateAttempts = 32
 
-// UpdateKey implements store.Store. It reads the record, and, if the update changes it: writes
-// the fields the update sets on the lookup entry first (so that a failure half-way leaves the gateways enforcing what was
-// asked, never more than the record lists), then the record with the event, one
-// compare-and-set script on the instance's slot, then delivers the invalidation of the key's
-// hash as a revocation does. When the record changed since it was read (a concurrent update,
-// revoke or expiry), it starts again from the read: of concurrent updates the last to write
-// the record wins, and the lookup entry is written again from what the record holds.
+// UpdateKey implements store.Store. It reads the record and, if the update changes it, writes
+// the fields the update sets on the lookup entry first (a failure half-way leaves the gateways
+// enforcing what was asked: a narrowed key is narrow at once), then the record with the
+// event, one compare-and-set script on the instance's slot, then delivers the invalidation of
+// the key's hash as a revocation does. When the record changed since it was read (a
+// concurrent update, revoke or expiry), it starts again from the read: of concurrent updates
+// the last to write the record wins, and its lookup entry agrees with it.
 func (s *Store) UpdateKey(ctx context.Context, instance, id string, u store.KeyUpdate, ev *store.Event) (store.Key, error) {
 	if err := store.CheckEvent(ev, instance); err != nil {
 		return store.Key{}, err
