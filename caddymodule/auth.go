@@ -11,6 +11,7 @@ import (
 
 	"github.com/keygate/keygate/apikey"
 	"github.com/keygate/keygate/internal/wire"
+	"github.com/keygate/keygate/store"
 	"github.com/keygate/keygate/verify"
 )
 
@@ -30,8 +31,13 @@ type Auth struct {
 	Environment string `json:"environment,omitempty"`
 	// KeepAuthorization passes the Authorization header upstream; by default it is removed.
 	KeepAuthorization bool `json:"keep_authorization,omitempty"`
+	// RequireScope lists the scopes a key must have for this route (a key restricted to
+	// scopes lacking one is refused with 403 api_key_insufficient_scope; an unrestricted key
+	// has them all).
+	RequireScope []string `json:"require_scope,omitempty"`
 
-	want   apikey.Environment
+	scopeRefusals [][]byte // per required scope, the 403 body naming it
+	want          apikey.Environment
 	app    *App
 	logger *zap.Logger
 }
@@ -53,6 +59,13 @@ func (a *Auth) Provision(ctx caddy.Context) error {
 			return fmt.Errorf("nora_auth environment: %v (or any)", err)
 		}
 		a.want = env
+	}
+	for _, sc := range a.RequireScope {
+		if !store.ValidRouteScope(sc) {
+			return fmt.Errorf("nora_auth require_scope %q: a scope is [a-z0-9][a-z0-9_.:-]{0,63} (no * on a route)", sc)
+		}
+		c := verify.InsufficientScope
+		a.scopeRefusals = append(a.scopeRefusals, wire.ErrorBody(c.Type(), c.String(), verify.ScopeMessage(sc)))
 	}
 	app, err := ctx.App("nora")
 	if err != nil {
@@ -77,9 +90,8 @@ func (a *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	r.Header.Del(HeaderEnvironment)
 
 	// The failed-attempt limit comes first: a limited client costs no parsing and no lookup.
-	var client netip.Addr
+	client := clientAddr(r)
 	if lim := a.app.failed; lim != nil {
-		client = clientAddr(r)
 		if wait, blocked := lim.Blocked(client); blocked {
 			verifications[verify.TooManyFailedAttempts].Inc()
 			return writeRefusalRetry(w, verify.TooManyFailedAttempts, wait)
@@ -104,12 +116,15 @@ func (a *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		return a.refuse(w, verify.Unavailable)
 	}
 	// verify counts the client's failed attempts, and admits its store lookups.
-	res := v.VerifyFrom(key, a.want, client)
+	res := v.Check(verify.Request{Key: key, Want: a.want, Client: client, Scopes: a.RequireScope})
 	switch res.Code {
 	case verify.OK:
 	case verify.TooManyFailedAttempts:
 		verifications[res.Code].Inc()
 		return writeRefusalRetry(w, res.Code, res.RetryAfter)
+	case verify.InsufficientScope:
+		verifications[res.Code].Inc()
+		return wire.WriteError(w, res.Code.Status(), a.scopeRefusals[res.MissingScope])
 	default:
 		return a.refuse(w, res.Code)
 	}
@@ -125,6 +140,10 @@ func (a *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	repl.Set("http.auth.user.id", res.KeyID)
 	repl.Set("http.auth.user.instance", res.Instance)
 	repl.Set("http.auth.user.environment", env)
+	repl.Set("http.auth.user.scopes", res.Scopes)
+	for _, m := range res.Metadata {
+		repl.Set(m.Placeholder, m.Value)
+	}
 	return next.ServeHTTP(w, r)
 }
 

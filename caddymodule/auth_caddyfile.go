@@ -4,6 +4,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/keygate/keygate/store"
 )
 
 func init() {
@@ -23,7 +25,10 @@ func parseAuth(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 //	nora_auth {
 //		environment any|production|sandbox
 //		keep_authorization
+//		require_scope <scope>...
 //	}
+//
+// require_scope may be given several times; the key must have every scope listed.
 func (a *Auth) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name
 	if d.NextArg() {
@@ -39,6 +44,17 @@ func (a *Auth) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			case "any", "production", "sandbox":
 			default:
 				return d.Errf("environment must be any, production or sandbox, not %q", a.Environment)
+			}
+		case "require_scope":
+			scopes := d.RemainingArgs()
+			if len(scopes) == 0 {
+				return d.ArgErr()
+			}
+			for _, sc := range scopes {
+				if !store.ValidRouteScope(sc) {
+					return d.Errf("require_scope %q: a scope is [a-z0-9][a-z0-9_.:-]{0,63} (no * on a route)", sc)
+				}
+				a.RequireScope = append(a.RequireScope, sc)
 			}
 		case "keep_authorization":
 			if d.NextArg() {

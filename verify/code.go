@@ -8,8 +8,8 @@ import "net/http"
 // outcome is one constant and one row of the table below.
 type Code uint8
 
-// The outcomes. Missing and TooManyFailedAttempts are decided before Verify; Verify returns
-// the others.
+// The outcomes. Missing is decided before Verify (no credential was sent); Verify returns
+// the others (TooManyFailedAttempts also before it, by the caller's limiter).
 const (
 	OK Code = iota
 	Missing
@@ -18,9 +18,12 @@ const (
 	Expired
 	WrongEnvironment
 	Unavailable
-	// TooManyFailedAttempts: the client is over the failed-attempt limit (decided before
-	// Verify, by the caller).
+	// TooManyFailedAttempts: the client is over the failed-attempt limit.
 	TooManyFailedAttempts
+	// IPNotAllowed: the key may not be used from the client's address.
+	IPNotAllowed
+	// InsufficientScope: the key lacks a scope the route requires (Result.MissingScope).
+	InsufficientScope
 	// NumCodes is the number of codes, for tables indexed by Code.
 	NumCodes
 )
@@ -51,6 +54,14 @@ var outcomes = [NumCodes]outcome{
 	Unavailable: {http.StatusServiceUnavailable, TypeAPI, "auth_unavailable", "API keys cannot be checked right now. Retry shortly."},
 	TooManyFailedAttempts: {http.StatusTooManyRequests, TypeRateLimit, "too_many_failed_attempts",
 		"Too many requests with an invalid API key came from this address. Retry after the time in Retry-After."},
+	IPNotAllowed: {http.StatusForbidden, TypePermission, "api_key_ip_not_allowed", "This API key may not be used from this address."},
+	InsufficientScope: {http.StatusForbidden, TypePermission, "api_key_insufficient_scope",
+		"This API key lacks a scope this route requires."},
+}
+
+// ScopeMessage is InsufficientScope's message naming the missing scope.
+func ScopeMessage(scope string) string {
+	return "This API key lacks the scope " + scope + ", which this route requires."
 }
 
 // String returns the code as the API spells it ("ok" for OK).

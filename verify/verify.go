@@ -50,6 +50,25 @@ type Result struct {
 	Environment apikey.Environment
 	// RetryAfter is set with TooManyFailedAttempts: how long until the client may retry.
 	RetryAfter time.Duration
+	// MissingScope is, with InsufficientScope, the index in Request.Scopes of the first
+	// scope the key lacks.
+	MissingScope int
+	// Scopes are the key's scopes, comma-separated ("" when unrestricted), and Metadata its
+	// metadata with the placeholders' names, when Code is OK. Both are shared: read only.
+	Scopes   string
+	Metadata []Meta
+}
+
+// Request is what Check decides on.
+type Request struct {
+	// Key is the presented key; Want the environment the route accepts (EnvUnknown: any).
+	Key  string
+	Want apikey.Environment
+	// Client is the client's address: for the key's allowed addresses, and the failed-attempt
+	// limit (an invalid Addr: none known; a key with allowed addresses then refuses).
+	Client netip.Addr
+	// Scopes are the route's required scopes: the key must have every one.
+	Scopes []string
 }
 
 // Attempts is the failed-attempt limit as a Verifier uses it (package limit implements it):
@@ -138,7 +157,8 @@ type entry struct {
 	env       apikey.Environment
 	expires   int64 // unix nanoseconds; 0: never
 	revoked   bool
-	signed    bool // the key's signature tag verifies (always true without signing)
+	signed    bool   // the key's signature tag verifies (always true without signing)
+	policy    policy // scopes, allowed addresses, metadata
 	epoch     uint64
 	lastTouch atomic.Int64 // unix nanoseconds of the last last_used_at write queued
 }
@@ -237,15 +257,14 @@ func cacheKey(h *apikey.Hash) uint64 { return binary.LittleEndian.Uint64(h[:8]) 
 
 // Verify decides on key for a route that accepts want (EnvUnknown: any environment).
 func (v *Verifier) Verify(key string, want apikey.Environment) Result {
-	return v.VerifyFrom(key, want, netip.Addr{})
+	return v.Check(Request{Key: key, Want: want})
 }
 
-// VerifyFrom is Verify for a request from client, whose failed attempts Config.Attempts
-// counts (an invalid Addr: none).
-func (v *Verifier) VerifyFrom(key string, want apikey.Environment, client netip.Addr) Result {
-	r, counted := v.verify(key, want, client)
+// Check decides on a request: Verify with the client's address and the route's scopes.
+func (v *Verifier) Check(req Request) Result {
+	r, counted := v.verify(&req)
 	if r.Code == InvalidKey && !counted && v.cfg.Attempts != nil {
-		v.cfg.Attempts.Fail(client)
+		v.cfg.Attempts.Fail(req.Client)
 	}
 	v.Stats.Results[r.Code].Add(1)
 	return r
@@ -253,7 +272,8 @@ func (v *Verifier) VerifyFrom(key string, want apikey.Environment, client netip.
 
 // verify decides; counted says that an invalid key was already counted as a failed attempt
 // (by settling its lookup).
-func (v *Verifier) verify(key string, want apikey.Environment, client netip.Addr) (_ Result, counted bool) {
+func (v *Verifier) verify(req *Request) (_ Result, counted bool) {
+	key, want, client := req.Key, req.Want, req.Client
 	env, err := apikey.Parse(key)
 	if err != nil {
 		return Result{Code: InvalidKey}, false
@@ -283,7 +303,7 @@ func (v *Verifier) verify(key string, want apikey.Environment, client netip.Addr
 	}
 	if hit && v.healthy.Load() {
 		v.Stats.CacheHits.Add(1)
-		return v.decideEntry(e, env, now), false
+		return v.decideEntry(e, env, now, req), false
 	}
 	if !hit {
 		v.Stats.CacheMisses.Add(1)
@@ -312,12 +332,12 @@ func (v *Verifier) verify(key string, want apikey.Environment, client netip.Addr
 		// The store failed. A cached entry may answer while the channel has been down for
 		// less than MaxStale (it dropped at the latest when this lookup failed).
 		if hit && !v.healthy.Load() && now.UnixNano()-v.downSince.Load() <= int64(v.cfg.MaxStale) {
-			return v.decideEntry(e, env, now), false
+			return v.decideEntry(e, env, now, req), false
 		}
 		return Result{Code: Unavailable}, false
 	}
 	e = v.fill(h, l, gen, signed)
-	return v.decideEntry(e, env, now), false
+	return v.decideEntry(e, env, now, req), false
 }
 
 // lookup asks the store, sharing the call with concurrent lookups of the same key that
@@ -346,7 +366,8 @@ func (v *Verifier) lookup(h apikey.Hash, gen uint64) (store.Lookup, error) {
 // since the lookup started or the channel is down.
 func (v *Verifier) fill(h apikey.Hash, l store.Lookup, gen uint64, signed bool) *entry {
 	e := &entry{hash: h, id: l.ID, instance: l.Instance, env: l.Environment,
-		expires: unixNano(l.ExpiresAt), revoked: !l.RevokedAt.IsZero(), signed: signed}
+		expires: unixNano(l.ExpiresAt), revoked: !l.RevokedAt.IsZero(), signed: signed,
+		policy: policyOf(l)}
 	v.fillMu.Lock()
 	defer v.fillMu.Unlock()
 	e.epoch = v.epoch.Load()
@@ -371,7 +392,7 @@ func unixNano(t time.Time) int64 {
 	return t.UnixNano()
 }
 
-func (v *Verifier) decideEntry(e *entry, env apikey.Environment, now time.Time) Result {
+func (v *Verifier) decideEntry(e *entry, env apikey.Environment, now time.Time, req *Request) Result {
 	switch {
 	case e.env != env:
 		// The prefix and the record disagree: not a key we issued.
@@ -380,12 +401,20 @@ func (v *Verifier) decideEntry(e *entry, env apikey.Environment, now time.Time) 
 		return Result{Code: Revoked}
 	case e.expires != 0 && e.expires <= now.UnixNano():
 		return Result{Code: Expired}
+	case e.policy.ips != nil && !e.policy.ips.contains(req.Client):
+		return Result{Code: IPNotAllowed}
+	}
+	for i, s := range req.Scopes {
+		if !e.policy.allows(s) {
+			return Result{Code: InsufficientScope, MissingScope: i}
+		}
 	}
 	if !e.signed {
 		v.Stats.UnsignedKeys.Add(1)
 	}
 	v.touch(e, now)
-	return Result{Code: OK, KeyID: e.id, Instance: e.instance, Environment: e.env}
+	return Result{Code: OK, KeyID: e.id, Instance: e.instance, Environment: e.env,
+		Scopes: e.policy.joined, Metadata: e.policy.meta}
 }
 
 // touch queues a last_used_at write at most once per TouchInterval per cached key; the
