@@ -38,8 +38,8 @@ type Auth struct {
 
 	scopeRefusals [][]byte // per required scope, the 403 body naming it
 	want          apikey.Environment
-	app    *App
-	logger *zap.Logger
+	app           *App
+	logger        *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
