@@ -272,8 +272,24 @@ func (a *API) rollKey(w http.ResponseWriter, r *http.Request, t *Token) error {
 	if err != nil {
 		return err
 	}
+	// An update of the old key between the read above and the roll would otherwise leave
+	// the replacement with the restrictions it had before (a narrowed scope list lost): give
+	// the replacement the old key's restrictions as the roll found them.
+	if u, changed := sameRestrictions(cur, next); changed {
+		if next, err = a.Store.UpdateKey(ctx, instance, next.ID, u, nil); err != nil {
+			return err
+		}
+	}
 	writeCreated(w, next, secret, now)
 	return nil
+}
+
+// sameRestrictions returns the update that gives next the restrictions of old, and whether
+// one is needed.
+func sameRestrictions(old, next store.Key) (store.KeyUpdate, bool) {
+	u := store.KeyUpdate{Scopes: &old.Scopes, AllowedIPs: &old.AllowedIPs, Metadata: &old.Metadata}
+	_, changed := u.Apply(next)
+	return u, len(changed) > 0
 }
 
 // rollRefusal says why old cannot be rolled at now, or returns nil: only an active key

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/keygate/keygate/apikey"
 	"github.com/keygate/keygate/internal/redistest"
@@ -176,6 +177,47 @@ func TestConcurrentRevokesOneEvent(t *testing.T) {
 			}
 			if evs := eventsOfType(t, c, store.EventKeyRevoked, k.ID); len(evs) != 1 {
 				t.Errorf("%d revoked events, want 1", len(evs))
+			}
+		})
+	}
+}
+
+// narrowingStore narrows a key's scopes just before a roll claims it, as a PATCH arriving
+// between the roll's read of the old key and its claim would.
+type narrowingStore struct {
+	store.Store
+	scopes []string
+}
+
+func (s narrowingStore) RollKey(ctx context.Context, instance, id string, next store.Key, oldExpiresAt time.Time, ev *store.Event) (store.Key, error) {
+	if _, err := s.UpdateKey(ctx, instance, id, store.KeyUpdate{Scopes: &s.scopes}, nil); err != nil {
+		return store.Key{}, err
+	}
+	return s.Store.RollKey(ctx, instance, id, next, oldExpiresAt, ev)
+}
+
+// A roll gives the replacement the old key's restrictions as the roll found them, even when
+// they changed after the roll read the old key.
+func TestRollAfterConcurrentUpdate(t *testing.T) {
+	for name, open := range atomicityStores(t) {
+		t.Run(name, func(t *testing.T) {
+			s := open(t)
+			c := atomicityServer(t, narrowingStore{Store: s, scopes: []string{"charges:read"}})
+			ctx := context.Background()
+			old, err := c.CreateKeyWith(ctx, "acme-sandbox", NewKey{Name: "wide", Scopes: []string{"charges:*", "refunds:*"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			next, err := c.RollKey(ctx, "acme-sandbox", old.ID, 60)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if strings.Join(next.Scopes, ",") != "charges:read" {
+				t.Errorf("replacement answered with scopes %v, want the narrowed [charges:read]", next.Scopes)
+			}
+			l, err := s.LookupHash(ctx, apikey.Hasher{}.Sum(next.Secret))
+			if err != nil || strings.Join(l.Scopes, ",") != "charges:read" {
+				t.Errorf("replacement's lookup entry has scopes %v (%v), want [charges:read]", l.Scopes, err)
 			}
 		})
 	}
