@@ -11,7 +11,7 @@
 // gateways (docs/design.md, "Guarantees"). A figure includes one HTTP round trip of polling (the request that saw
 // the 401); the round trip of a warm-cache request is measured and printed beside it.
 //
-//	go run ./bench/propagation [-keygate path] [-keys 200] [-gateways 3] [-out file]
+//	go run ./bench/propagation [-keygate path] [-keys 200] [-gateways 3] [-change revoke|narrow] [-out file]
 //
 // Without -keygate it builds ./cmd/keygate into a temporary directory with `go build`.
 package main
@@ -26,6 +26,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -54,9 +55,17 @@ func main() {
 		out      = flag.String("out", filepath.Join(root, "bench", "results", "propagation.txt"), "results file (\"\": none)")
 		redisBin = flag.String("redis-server", "redis-server", "redis-server binary")
 		limit    = flag.Duration("limit", 2*time.Second, "give up on a (key, gateway) pair after this long")
+		change   = flag.String("change", "revoke", "what to propagate: revoke, or narrow (an update of allowed_ips that refuses the pollers' address, 403)")
 	)
 	flag.Parse()
-	r := &run{}
+	if *change != "revoke" && *change != "narrow" {
+		fmt.Fprintln(os.Stderr, "propagation: -change must be revoke or narrow")
+		os.Exit(2)
+	}
+	if *change == "narrow" && *out == filepath.Join(root, "bench", "results", "propagation.txt") {
+		*out = filepath.Join(root, "bench", "results", "propagation-narrow.txt")
+	}
+	r := &run{change: *change}
 	defer r.cleanup()
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
@@ -69,11 +78,12 @@ func main() {
 }
 
 type run struct {
-	mu    sync.Mutex
-	dirs  []string
-	procs []*exec.Cmd
-	store *redisstore.Store
-	done  bool
+	change string // revoke | narrow
+	mu     sync.Mutex
+	dirs   []string
+	procs  []*exec.Cmd
+	store  *redisstore.Store
+	done   bool
 }
 
 func (r *run) cleanup() {
@@ -390,7 +400,8 @@ http://127.0.0.1:%d {
 					case err != nil:
 						results[g] = res{err: err}
 						return
-					case st == 401 && code == "api_key_revoked":
+					case r.change == "revoke" && st == 401 && code == "api_key_revoked",
+						r.change == "narrow" && st == 403 && code == "api_key_ip_not_allowed":
 						results[g] = res{got: now.Sub(t0), sent: s.Sub(t0)}
 						return
 					case st != 200:
@@ -404,8 +415,8 @@ http://127.0.0.1:%d {
 				}
 			}()
 		}
-		if _, _, err := st.RevokeKey(ctx, keys[i].Instance, keys[i].ID, time.Now(), nil); err != nil {
-			return fmt.Errorf("revoking key %d: %v", i, err)
+		if err := r.apply(ctx, st, keys[i]); err != nil {
+			return fmt.Errorf("key %d: %v", i, err)
 		}
 		t0 = time.Now()
 		close(ready)
@@ -449,23 +460,32 @@ http://127.0.0.1:%d {
 	}
 
 	var b strings.Builder
-	fmt.Fprintf(&b, "keygate revocation propagation (target: p99 <= 10 ms)\n\n")
+	what := "revocation"
+	if r.change == "narrow" {
+		what = "narrowing update (allowed_ips set to 10.0.0.0/8: the pollers' 127.0.0.1 is refused, 403)"
+	}
+	fmt.Fprintf(&b, "keygate %s propagation (target: p99 <= 10 ms)\n\n", what)
 	fmt.Fprintf(&b, "date:     %s\n", time.Now().UTC().Format(time.RFC3339))
 	fmt.Fprintf(&b, "machine:  %d CPUs (nproc), %s, %s/%s, %s, redis-server %s\n", nproc(), cpuModel(), runtime.GOOS, runtime.GOARCH, runtime.Version(), redisVersion)
 	fmt.Fprintf(&b, "command:  %s\n", commandLine())
 	fmt.Fprintf(&b, "setup:    1 redis-server (loopback, no persistence), %d keygate gateway processes, %d keys warmed on every gateway;\n", ngw, nkeys)
-	fmt.Fprintf(&b, "          each key revoked through a redisstore client (no gateway served the revoke), one tight polling\n")
+	fmt.Fprintf(&b, "          each key changed through a redisstore client (no gateway served the change), one tight polling\n")
 	fmt.Fprintf(&b, "          goroutine per gateway; %d (key, gateway) pairs measured, %d failed\n\n", len(lat), len(failed))
-	fmt.Fprintf(&b, "%s\n", line("revoke returned -> gateway answered 401:", lat))
-	fmt.Fprintf(&b, "%s\n", line("revoke returned -> that request was sent:", sent))
+	fmt.Fprintf(&b, "%s\n", line("change returned -> gateway refused the key:", lat))
+	fmt.Fprintf(&b, "%s\n", line("change returned -> that request was sent:", sent))
 	fmt.Fprintf(&b, "%s\n\n", line("warm-cache request round trip (for scale):", rtts))
 	fmt.Fprintf(&b, "Measured this way a figure includes one HTTP round trip of polling: the first line, to the\n")
-	fmt.Fprintf(&b, "receipt of the 401, is an upper bound. The invalidation landed after the previous (200)\n")
-	fmt.Fprintf(&b, "request was processed and before the 401 request was, so the second line (when the 401\n")
+	fmt.Fprintf(&b, "receipt of the refusal, is an upper bound. The invalidation landed after the previous (200)\n")
+	fmt.Fprintf(&b, "request was processed and before the refused one was, so the second line (when the refused\n")
 	fmt.Fprintf(&b, "request was sent) is within one polling round trip of the true figure. All %d processes and\n", ngw+1)
 	fmt.Fprintf(&b, "the pollers share the machine's CPUs.\n")
-	fmt.Fprintf(&b, "Store lookups (HMGET) during the revocations: %d (each revoke reads its key once; each gateway\n", after-before)
-	fmt.Fprintf(&b, "looks a revoked key up once after its entry was dropped: %d + %d expected).\n", nkeys, len(lat))
+	if r.change == "revoke" {
+		fmt.Fprintf(&b, "Store lookups (HMGET) during the revocations: %d (each revoke reads its key once; each gateway\n", after-before)
+		fmt.Fprintf(&b, "looks a revoked key up once after its entry was dropped: %d + %d expected).\n", nkeys, len(lat))
+	} else {
+		fmt.Fprintf(&b, "HMGETs during the updates: %d (each update reads its record and its lookup entry; each gateway\n", after-before)
+		fmt.Fprintf(&b, "looks the key up once after its entry was dropped: %d + %d expected).\n", 2*nkeys, len(lat))
+	}
 	if len(failed) > 0 {
 		fmt.Fprintf(&b, "\nFAILED pairs:\n")
 		for _, f := range failed[:min(20, len(failed))] {
@@ -568,4 +588,16 @@ func commandLine() string {
 		prog = "go run ./bench/propagation"
 	}
 	return strings.TrimSpace(prog + " " + strings.Join(quoted, " "))
+}
+
+// apply makes the change whose propagation is measured, through the store (no gateway serves
+// it): a revocation, or an update narrowing the key's allowed addresses.
+func (r *run) apply(ctx context.Context, st store.Store, k store.Key) error {
+	if r.change == "narrow" {
+		ips := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
+		_, err := st.UpdateKey(ctx, k.Instance, k.ID, store.KeyUpdate{AllowedIPs: &ips}, nil)
+		return err
+	}
+	_, _, err := st.RevokeKey(ctx, k.Instance, k.ID, time.Now(), nil)
+	return err
 }
