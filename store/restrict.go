@@ -40,6 +40,9 @@ type KeyUpdate struct {
 	AllowedIPs *[]netip.Prefix
 	// Metadata replaces the whole object; a pointer to nil or an empty map clears it.
 	Metadata *map[string]string
+	// RateLimit and Quota: a pointer to nil removes them.
+	RateLimit **RateLimit
+	Quota     **Quota
 }
 
 // The field names of the API, as api_key.updated events list them.
@@ -52,7 +55,7 @@ const (
 )
 
 // Apply returns k with u applied and the names of the fields that changed (in the order
-// name, expires_at, scopes, allowed_ips, metadata).
+// name, expires_at, scopes, allowed_ips, metadata, rate_limit, quota).
 func (u KeyUpdate) Apply(k Key) (Key, []string) {
 	var changed []string
 	if u.Name != nil && *u.Name != k.Name {
@@ -76,7 +79,30 @@ func (u KeyUpdate) Apply(k Key) (Key, []string) {
 		k.Metadata = cloneMap(*u.Metadata)
 		changed = append(changed, FieldMetadata)
 	}
+	if u.RateLimit != nil && !equalPtr(*u.RateLimit, k.RateLimit) {
+		k.RateLimit = clonePtr(*u.RateLimit)
+		changed = append(changed, FieldRateLimit)
+	}
+	if u.Quota != nil && !equalPtr(*u.Quota, k.Quota) {
+		k.Quota = clonePtr(*u.Quota)
+		changed = append(changed, FieldQuota)
+	}
 	return k, changed
+}
+
+func equalPtr[T comparable](a, b *T) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return *a == *b
+}
+
+func clonePtr[T any](p *T) *T {
+	if p == nil {
+		return nil
+	}
+	v := *p
+	return &v
 }
 
 func equalStrings(a, b []string) bool {

@@ -78,6 +78,9 @@ type Key struct {
 	AllowedIPs []netip.Prefix
 	// Metadata is passed upstream with the key's requests (nil: none).
 	Metadata map[string]string
+	// RateLimit and Quota limit the key's requests (nil: none); see limits.go.
+	RateLimit *RateLimit
+	Quota     *Quota
 }
 
 // Status computes the key's status at now: revoked, else expired if ExpiresAt is not after
@@ -93,10 +96,12 @@ type Lookup struct {
 	Environment apikey.Environment
 	ExpiresAt   time.Time // zero: never
 	RevokedAt   time.Time // zero: not revoked
-	// The key's restrictions and metadata, as on Key.
+	// The key's restrictions, metadata and limits, as on Key.
 	Scopes     []string
 	AllowedIPs []netip.Prefix
 	Metadata   map[string]string
+	RateLimit  *RateLimit
+	Quota      *Quota
 }
 
 // Status computes the key's status at now, as Key.Status does.
