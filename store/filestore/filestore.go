@@ -120,6 +120,19 @@ type keyRecord struct {
 	Scopes     []string          `json:"scopes"`
 	AllowedIPs []string          `json:"allowed_ips"`
 	Metadata   map[string]string `json:"metadata,omitempty"`
+	// The limits: absent is none.
+	RateLimit *rateLimitRecord `json:"rate_limit,omitempty"`
+	Quota     *quotaRecord     `json:"quota,omitempty"`
+}
+
+type rateLimitRecord struct {
+	Limit  int64 `json:"limit"`
+	Window int64 `json:"window_seconds"`
+}
+
+type quotaRecord struct {
+	Limit  int64  `json:"limit"`
+	Period string `json:"period"`
 }
 
 // Times are kept in Unix milliseconds, like the Redis store (store.Millis).
@@ -142,6 +155,12 @@ func (r keyRecord) key(instance string) (store.Key, error) {
 	if len(k.Metadata) == 0 {
 		k.Metadata = nil
 	}
+	if r.RateLimit != nil {
+		k.RateLimit = &store.RateLimit{Limit: r.RateLimit.Limit, Window: time.Duration(r.RateLimit.Window) * time.Second}
+	}
+	if r.Quota != nil {
+		k.Quota = &store.Quota{Limit: r.Quota.Limit, Period: r.Quota.Period}
+	}
 	copy(k.Hash[:], r.Hash)
 	if r.AllowedIPs != nil {
 		k.AllowedIPs = make([]netip.Prefix, len(r.AllowedIPs))
@@ -156,7 +175,7 @@ func (r keyRecord) key(instance string) (store.Key, error) {
 	return k, nil
 }
 
-// setRestrictions copies k's restrictions into the record.
+// setRestrictions copies k's restrictions and limits into the record.
 func (r *keyRecord) setRestrictions(k store.Key) {
 	r.Scopes = k.Scopes
 	r.AllowedIPs = nil
@@ -169,6 +188,13 @@ func (r *keyRecord) setRestrictions(k store.Key) {
 	r.Metadata = k.Metadata
 	if len(r.Metadata) == 0 {
 		r.Metadata = nil
+	}
+	r.RateLimit, r.Quota = nil, nil
+	if l := k.RateLimit; l != nil {
+		r.RateLimit = &rateLimitRecord{Limit: l.Limit, Window: int64(l.Window / time.Second)}
+	}
+	if q := k.Quota; q != nil {
+		r.Quota = &quotaRecord{Limit: q.Limit, Period: q.Period}
 	}
 }
 
@@ -353,7 +379,7 @@ func (s *Store) LookupHash(_ context.Context, h apikey.Hash) (l store.Lookup, er
 			return err
 		}
 		l = store.Lookup{ID: k.ID, Instance: k.Instance, Environment: k.Environment, ExpiresAt: k.ExpiresAt, RevokedAt: k.RevokedAt,
-			Scopes: k.Scopes, AllowedIPs: k.AllowedIPs, Metadata: k.Metadata}
+			Scopes: k.Scopes, AllowedIPs: k.AllowedIPs, Metadata: k.Metadata, RateLimit: k.RateLimit, Quota: k.Quota}
 		return nil
 	})
 	return l, err

@@ -10,8 +10,11 @@
 //	P {i:<id>}                  HASH   instance: name, env, seq (creation counter)
 //	P {i:<id>}:order            ZSET   key ids scored by creation sequence
 //	P {i:<id>}:k:<key id>       HASH   key record (replaced: the id of its roll's replacement;
-//	                                   scopes, ips, meta: the restrictions, see restrict.go)
-//	P h:<hex sha256>            HASH   lookup entry: id, instance, env, exp, rev, scopes, ips, meta
+//	                                   scopes, ips, meta, rl, quota: the restrictions and
+//	                                   limits, see restrict.go)
+//	P {i:<id>}:c:<key id>:<counter>  STRING  a limit counter of the key (see limits.go)
+//	P h:<hex sha256>            HASH   lookup entry: id, instance, env, exp, rev, scopes, ips,
+//	                                   meta, rl, quota
 //	P inval                     STREAM invalidations: field h = hex hash ("*" = flush all)
 //
 // Times are Unix milliseconds.
@@ -263,7 +266,7 @@ if redis.call('EXISTS', KEYS[2]) == 1 then return redis.error_reply('KEYEXISTS k
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('HSET', KEYS[2], 'id', ARGV[1], 'env', ARGV[2], 'name', ARGV[3], 'prefix', ARGV[4],
   'hash', ARGV[5], 'created', ARGV[6], 'exp', ARGV[7], 'rev', '0', 'last', '0', 'seq', seq)
-set_optional(KEYS[2], {'scopes', 'ips', 'meta'}, {ARGV[8], ARGV[9], ARGV[10]})
+set_optional(KEYS[2], RESTRICT_FIELDS, {unpack(ARGV, 8, 12)})
 redis.call('ZADD', KEYS[3], seq, ARGV[1])
 return seq
 `)
@@ -284,8 +287,8 @@ func (s *Store) CreateKey(ctx context.Context, k store.Key) error {
 	err = s.write(ctx, s.kKey(k.Instance, k.ID), func(c redis.Cmdable) error {
 		err := createKeyScript.Run(ctx, c,
 			[]string{s.kInstance(k.Instance), s.kKey(k.Instance, k.ID), s.kOrder(k.Instance)},
-			k.ID, k.Environment.String(), k.Name, k.Prefix, hexHash,
-			store.Millis(k.CreatedAt), store.Millis(k.ExpiresAt), r[0], r[1], r[2]).Err()
+			append([]any{k.ID, k.Environment.String(), k.Name, k.Prefix, hexHash,
+				store.Millis(k.CreatedAt), store.Millis(k.ExpiresAt)}, restrictArgs(r)...)...).Err()
 		listed = err == nil
 		return err
 	})
@@ -325,7 +328,7 @@ func (s *Store) undoCreate(k store.Key, hexHash string) {
 }
 
 // keyFields are the fields of a listed record that decodeKey reads, in its order.
-var keyFields = []string{"id", "env", "name", "prefix", "hash", "created", "exp", "rev", "last", "replaced", "scopes", "ips", "meta"}
+var keyFields = append([]string{"id", "env", "name", "prefix", "hash", "created", "exp", "rev", "last", "replaced"}, restrictFields...)
 
 // Positions in keyFields of the fields UpdateKey compares and sets.
 const (
@@ -354,9 +357,11 @@ func decodeKey(instance string, v []any) (store.Key, bool, error) {
 	if n, err := hex.Decode(k.Hash[:], []byte(str(4))); err != nil || n != len(k.Hash) {
 		return store.Key{}, false, fmt.Errorf("decoding key %s: bad hash", k.ID)
 	}
-	if k.Scopes, k.AllowedIPs, k.Metadata, err = decodeRestrictions(v[fieldScopes:]); err != nil {
+	r, err := decodeRestrictions(v[fieldScopes:])
+	if err != nil {
 		return store.Key{}, false, fmt.Errorf("decoding key %s: %v", k.ID, err)
 	}
+	setRestrictions(&k, r)
 	return k, true, nil
 }
 
@@ -385,9 +390,12 @@ func (s *Store) readKey(ctx context.Context, instance, id string) (store.Key, []
 	return k, v, nil
 }
 
+// lookupFields are the fields of a lookup entry that LookupHash reads, in its order.
+var lookupFields = append([]string{"id", "instance", "env", "exp", "rev"}, restrictFields...)
+
 // LookupHash implements store.Store: one round trip.
 func (s *Store) LookupHash(ctx context.Context, h apikey.Hash) (store.Lookup, error) {
-	v, err := s.rdb.HMGet(ctx, s.kLookup(h), "id", "instance", "env", "exp", "rev", "scopes", "ips", "meta").Result()
+	v, err := s.rdb.HMGet(ctx, s.kLookup(h), lookupFields...).Result()
 	if err != nil {
 		return store.Lookup{}, err
 	}
@@ -402,9 +410,11 @@ func (s *Store) LookupHash(ctx context.Context, h apikey.Hash) (store.Lookup, er
 	}
 	l := store.Lookup{ID: str(0), Instance: str(1), Environment: env,
 		ExpiresAt: store.FromMillis(num(3)), RevokedAt: store.FromMillis(num(4))}
-	if l.Scopes, l.AllowedIPs, l.Metadata, err = decodeRestrictions(v[5:]); err != nil {
+	r, err := decodeRestrictions(v[5:])
+	if err != nil {
 		return store.Lookup{}, fmt.Errorf("decoding lookup entry of key %s: %v", l.ID, err)
 	}
+	l.Scopes, l.AllowedIPs, l.Metadata, l.RateLimit, l.Quota = r.Scopes, r.AllowedIPs, r.Metadata, r.RateLimit, r.Quota
 	return l, nil
 }
 

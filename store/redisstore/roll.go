@@ -20,7 +20,7 @@ import (
 //
 // KEYS: old key record, instance, replacement record, order, events, evdata.
 // ARGV: roll time, replacement id, env, name, prefix, hash, created, exp, event id, JSON, max,
-// scopes, ips, meta.
+// then the replacement's restrictFields.
 var claimScript = redis.NewScript(addEventLua + restrictLua + `
 if redis.call('EXISTS', KEYS[2]) == 0 then return redis.error_reply('NOINSTANCE instance not found') end
 local old = redis.call('HMGET', KEYS[1], 'id', 'rev', 'exp', 'replaced')
@@ -35,7 +35,7 @@ redis.call('HSET', KEYS[1], 'replaced', ARGV[2])
 local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
 redis.call('HSET', KEYS[3], 'id', ARGV[2], 'env', ARGV[3], 'name', ARGV[4], 'prefix', ARGV[5],
   'hash', ARGV[6], 'created', ARGV[7], 'exp', ARGV[8], 'rev', '0', 'last', '0', 'seq', seq)
-set_optional(KEYS[3], {'scopes', 'ips', 'meta'}, {ARGV[12], ARGV[13], ARGV[14]})
+set_optional(KEYS[3], RESTRICT_FIELDS, {unpack(ARGV, 12, 16)})
 redis.call('ZADD', KEYS[4], seq, ARGV[2])
 if ARGV[9] ~= '' then add_event(KEYS[2], KEYS[5], KEYS[6], ARGV[9], ARGV[10], ARGV[11]) end
 return seq
@@ -92,7 +92,7 @@ func (s *Store) RollKey(ctx context.Context, instance, id string, next store.Key
 		keys := append([]string{s.kKey(instance, id), s.kInstance(instance), s.kKey(instance, next.ID), s.kOrder(instance)}, evKeys[1:]...)
 		args := append([]any{store.Millis(next.CreatedAt), next.ID, next.Environment.String(), next.Name, next.Prefix,
 			hexHash, store.Millis(next.CreatedAt), store.Millis(next.ExpiresAt)}, evArgs...)
-		args = append(args, r[0], r[1], r[2])
+		args = append(args, restrictArgs(r)...)
 		return claimScript.Run(ctx, c, keys, args...).Err()
 	})
 	if err != nil {

@@ -27,22 +27,22 @@ return 1
 `)
 
 // updateScript is the update of a listed record, on the instance's slot: a compare-and-set.
-// If the record's name, exp, rev or restrictions are no longer what the caller read
-// (ARGV[1..6], "" for an absent field), it writes nothing and returns 0: the caller reads
-// again. Otherwise it sets name, exp and the restrictions (ARGV[7..11]) and, when ARGV[12] is
-// an event id, adds the event in the same step, and returns 1.
+// If the record's name, exp, rev or restrictions and limits are no longer what the caller
+// read (ARGV[1..8], "" for an absent field), it writes nothing and returns 0: the caller
+// reads again. Otherwise it sets name, exp and the restrictFields (ARGV[9..15]) and, when
+// ARGV[16] is an event id, adds the event in the same step, and returns 1.
 //
 // KEYS: key record, instance, events, evdata.
-// ARGV: the six fields as read, the five new ones, event id, JSON, max.
+// ARGV: the eight fields as read, the seven new ones, event id, JSON, max.
 var updateScript = redis.NewScript(addEventLua + restrictLua + `
-local cur = redis.call('HMGET', KEYS[1], 'id', 'name', 'exp', 'rev', 'scopes', 'ips', 'meta')
+local cur = redis.call('HMGET', KEYS[1], 'id', 'name', 'exp', 'rev', unpack(RESTRICT_FIELDS))
 if not cur[1] then return redis.error_reply('NOKEY api key not found') end
-for i = 1, 6 do
+for i = 1, 8 do
   if (cur[i + 1] or '') ~= ARGV[i] then return 0 end
 end
-redis.call('HSET', KEYS[1], 'name', ARGV[7], 'exp', ARGV[8])
-set_optional(KEYS[1], {'scopes', 'ips', 'meta'}, {ARGV[9], ARGV[10], ARGV[11]})
-if ARGV[12] ~= '' then add_event(KEYS[2], KEYS[3], KEYS[4], ARGV[12], ARGV[13], ARGV[14]) end
+redis.call('HSET', KEYS[1], 'name', ARGV[9], 'exp', ARGV[10])
+set_optional(KEYS[1], RESTRICT_FIELDS, {unpack(ARGV, 11, 15)})
+if ARGV[16] ~= '' then add_event(KEYS[2], KEYS[3], KEYS[4], ARGV[16], ARGV[17], ARGV[18]) end
 return 1
 `)
 
@@ -110,7 +110,7 @@ func (s *Store) UpdateKey(ctx context.Context, instance, id string, u store.KeyU
 		if u.ExpiresAt != nil {
 			lookup[0] = store.Millis(k.ExpiresAt)
 		}
-		for i, set := range []bool{u.Scopes != nil, u.AllowedIPs != nil, u.Metadata != nil} {
+		for i, set := range []bool{u.Scopes != nil, u.AllowedIPs != nil, u.Metadata != nil, u.RateLimit != nil, u.Quota != nil} {
 			if set {
 				lookup = append(lookup, restrictFields[i], r[i])
 			}
@@ -127,8 +127,12 @@ func (s *Store) UpdateKey(ctx context.Context, instance, id string, u store.KeyU
 		}
 
 		str := func(i int) string { v, _ := raw[i].(string); return v }
-		args := []any{str(fieldName), str(fieldExp), str(fieldRev), str(fieldScopes), str(fieldScopes + 1), str(fieldScopes + 2),
-			k.Name, store.Millis(k.ExpiresAt), r[0], r[1], r[2]}
+		args := []any{str(fieldName), str(fieldExp), str(fieldRev)}
+		for i := range restrictFields {
+			args = append(args, str(fieldScopes+i))
+		}
+		args = append(args, k.Name, store.Millis(k.ExpiresAt))
+		args = append(args, restrictArgs(r)...)
 		var set int64
 		err = w.run(ctx, s.kKey(instance, id), func(c redis.Cmdable) error {
 			var err error

@@ -26,10 +26,13 @@ func TestRestrictionsInTheLookupEntry(t *testing.T) {
 	k.Scopes = []string{"charges:*"}
 	k.AllowedIPs = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("2001:db8::1/128")}
 	k.Metadata = map[string]string{"team": "ü"}
+	k.RateLimit = &store.RateLimit{Limit: 100, Window: time.Minute}
+	k.Quota = &store.Quota{Limit: 1000, Period: store.QuotaDay}
 	if err := s.CreateKey(ctx, k); err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]string{"scopes": `["charges:*"]`, "ips": `["10.0.0.0/8","2001:db8::1"]`, "meta": `{"team":"ü"}`}
+	want := map[string]string{"scopes": `["charges:*"]`, "ips": `["10.0.0.0/8","2001:db8::1"]`, "meta": `{"team":"ü"}`,
+		"rl": `{"limit":100,"window":60}`, "quota": `{"limit":1000,"period":"day"}`}
 	for _, key := range []string{s.kLookup(k.Hash), s.kKey("acme", k.ID)} {
 		got, err := srv.Client().HGetAll(ctx, key).Result()
 		if err != nil {
@@ -42,8 +45,10 @@ func TestRestrictionsInTheLookupEntry(t *testing.T) {
 		}
 	}
 	for _, key := range []string{s.kLookup(keys[0].Hash), s.kKey("acme", keys[0].ID)} {
-		if n, err := srv.Client().HExists(ctx, key, "scopes").Result(); err != nil || n {
-			t.Errorf("an unrestricted key's %s has a scopes field (%v)", key, err)
+		for _, f := range restrictFields {
+			if n, err := srv.Client().HExists(ctx, key, f).Result(); err != nil || n {
+				t.Errorf("an unrestricted key's %s has a %s field (%v)", key, f, err)
+			}
 		}
 	}
 
@@ -51,12 +56,16 @@ func TestRestrictionsInTheLookupEntry(t *testing.T) {
 	var none []string
 	var noIPs []netip.Prefix
 	var noMeta map[string]string
-	if _, err := s.UpdateKey(ctx, "acme", k.ID, store.KeyUpdate{Scopes: &none, AllowedIPs: &noIPs, Metadata: &noMeta}, nil); err != nil {
+	var noRL *store.RateLimit
+	var noQuota *store.Quota
+	if _, err := s.UpdateKey(ctx, "acme", k.ID, store.KeyUpdate{Scopes: &none, AllowedIPs: &noIPs, Metadata: &noMeta, RateLimit: &noRL, Quota: &noQuota}, nil); err != nil {
 		t.Fatal(err)
 	}
 	for _, key := range []string{s.kLookup(k.Hash), s.kKey("acme", k.ID)} {
-		if n, err := srv.Client().HExists(ctx, key, "ips").Result(); err != nil || n {
-			t.Errorf("a widened key's %s still has an ips field (%v)", key, err)
+		for _, f := range restrictFields {
+			if n, err := srv.Client().HExists(ctx, key, f).Result(); err != nil || n {
+				t.Errorf("a widened key's %s still has a %s field (%v)", key, f, err)
+			}
 		}
 	}
 

@@ -13,7 +13,8 @@
 // The package also offers the small helpers those tests share: a recording Watcher and a
 // key maker (helpers.go). The tests themselves are grouped by concern:
 // instances, keys, listing, refusals (revoke, expire), roll, invalidation, failures half-way,
-// atomicity under concurrency, events, and restricted keys with their updates.
+// atomicity under concurrency, events, restricted keys with their updates, and rate limits and
+// quotas (the key fields and the Leaser's counters).
 package storetest
 
 import (
@@ -68,6 +69,8 @@ func Run(t *testing.T, open func(t *testing.T, failPoint func(step string) error
 		{"UpdateKeyMovesExpiryEitherWay", testUpdateExpiry},
 		{"ConcurrentUpdatesLastWriterWinsOneEventEach", testConcurrentUpdates},
 		{"RollReplacementKeepsRestrictions", testRollKeepsRestrictions},
+		{"LimitsRoundTrip", testLimitsRoundTrip},
+		{"UpdateKeyChangesLimits", testUpdateLimits},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
