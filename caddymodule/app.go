@@ -387,7 +387,7 @@ func (a *App) Start() error {
 	if err != nil {
 		return err
 	}
-	v, err := a.verRes.open(s)
+	v, err := a.verRes.open(s, a.storeRes.meterOf())
 	if err != nil {
 		return err
 	}
@@ -582,6 +582,7 @@ func (a *App) KeyStore() store.Store { return a.storeRes.get() }
 // storeResource is a pooled store, opened on first Start and closed when the last config
 // using it is cleaned up.
 type storeResource struct {
+	meter  *limit.Meter
 	cfg    storeSettings
 	logger *zap.Logger
 	mu     sync.Mutex
@@ -600,8 +601,19 @@ func (r *storeResource) open() (store.Store, error) {
 		return nil, err
 	}
 	r.s = s
+	if l, ok := s.(store.Leaser); ok {
+		// The keys' rate limits and quotas, leased from this store's counters.
+		r.meter = limit.NewMeter(l, limit.MeterConfig{Timeout: r.cfg.Redis.Timeout, Logger: r.logger})
+	}
 	r.cur.Store(&s)
 	return s, nil
+}
+
+// meterOf returns the store's meter (nil when the store keeps no limit counters).
+func (r *storeResource) meterOf() *limit.Meter {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.meter
 }
 
 func (r *storeResource) get() store.Store {
@@ -611,12 +623,17 @@ func (r *storeResource) get() store.Store {
 	return nil
 }
 
-// Destruct implements caddy.Destructor.
+// Destruct implements caddy.Destructor: the meter gives back its unspent quota, then the
+// store closes.
 func (r *storeResource) Destruct() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.s == nil {
 		return nil
+	}
+	if r.meter != nil {
+		r.meter.Close()
+		r.meter = nil
 	}
 	err := r.s.Close()
 	r.s = nil
@@ -655,13 +672,15 @@ type verifierResource struct {
 	v   atomic.Pointer[verify.Verifier]
 }
 
-func (r *verifierResource) open(s store.Store) (*verify.Verifier, error) {
+func (r *verifierResource) open(s store.Store, meter *limit.Meter) (*verify.Verifier, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if v := r.v.Load(); v != nil {
 		return v, nil
 	}
-	v, err := verify.New(s, r.cfg)
+	cfg := r.cfg
+	cfg.Meter = meter
+	v, err := verify.New(s, cfg)
 	if err != nil {
 		return nil, err
 	}

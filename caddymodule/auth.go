@@ -4,6 +4,9 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
+	"strconv"
+	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -11,6 +14,7 @@ import (
 
 	"github.com/keygate/keygate/apikey"
 	"github.com/keygate/keygate/internal/wire"
+	"github.com/keygate/keygate/limit"
 	"github.com/keygate/keygate/store"
 	"github.com/keygate/keygate/verify"
 )
@@ -35,8 +39,11 @@ type Auth struct {
 	// scopes lacking one is refused with 403 api_key_insufficient_scope; an unrestricted key
 	// has them all).
 	RequireScope []string `json:"require_scope,omitempty"`
+	// RateLimit is the default rate limit of keys that have none of their own.
+	RateLimit *RateLimitConfig `json:"rate_limit,omitempty"`
 
 	scopeRefusals [][]byte // per required scope, the 403 body naming it
+	rateLimit     *store.RateLimit
 	want          apikey.Environment
 	app           *App
 	logger        *zap.Logger
@@ -67,12 +74,26 @@ func (a *Auth) Provision(ctx caddy.Context) error {
 		c := verify.InsufficientScope
 		a.scopeRefusals = append(a.scopeRefusals, wire.ErrorBody(c.Type(), c.String(), verify.ScopeMessage(sc)))
 	}
+	if a.RateLimit != nil {
+		rl := &store.RateLimit{Limit: a.RateLimit.Limit, Window: time.Duration(a.RateLimit.Window)}
+		if err := store.CheckRateLimit(rl); err != nil {
+			return fmt.Errorf("nora_auth rate_limit: %v", err)
+		}
+		a.rateLimit = rl
+	}
 	app, err := ctx.App("nora")
 	if err != nil {
 		return fmt.Errorf("loading nora app: %v", err)
 	}
 	a.app = app.(*App)
 	return nil
+}
+
+// RateLimitConfig is a rate limit: at most Limit requests per Window (whole seconds, 1s to
+// 24h).
+type RateLimitConfig struct {
+	Limit  int64          `json:"limit"`
+	Window caddy.Duration `json:"window"`
 }
 
 // The upstream headers nora_auth sets.
@@ -116,9 +137,15 @@ func (a *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		return a.refuse(w, verify.Unavailable)
 	}
 	// verify counts the client's failed attempts, and admits its store lookups.
-	res := v.Check(verify.Request{Key: key, Want: a.want, Client: client, Scopes: a.RequireScope})
+	res := v.Check(verify.Request{Key: key, Want: a.want, Client: client, Scopes: a.RequireScope, RateLimit: a.rateLimit})
+	if res.Limited && res.Limits.Limit > 0 {
+		setRateLimitHeaders(w.Header(), &res.Limits)
+	}
 	switch res.Code {
 	case verify.OK:
+	case verify.RateLimitExceeded, verify.QuotaExceeded:
+		verifications[res.Code].Inc()
+		return writeRefusalRetry(w, res.Code, res.Limits.RetryAfter)
 	case verify.TooManyFailedAttempts:
 		verifications[res.Code].Inc()
 		return writeRefusalRetry(w, res.Code, res.RetryAfter)
@@ -144,6 +171,9 @@ func (a *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	for _, m := range res.Metadata {
 		repl.Set(m.Placeholder, m.Value)
 	}
+	// A metadata name the key does not have is empty, not the placeholder's own text (the
+	// values set above are found first).
+	repl.Map(noMetadata)
 	return next.ServeHTTP(w, r)
 }
 
@@ -154,6 +184,23 @@ func (a *Auth) refuse(w http.ResponseWriter, c verify.Code) error {
 		ce.Write(zap.Stringer("code", c))
 	}
 	return writeRefusal(w, c)
+}
+
+// noMetadata answers "" for any {http.auth.user.metadata.NAME} that is not set.
+func noMetadata(key string) (any, bool) {
+	if strings.HasPrefix(key, verify.MetadataPlaceholder) {
+		return "", true
+	}
+	return nil, false
+}
+
+// setRateLimitHeaders writes RateLimit-Limit, RateLimit-Remaining and RateLimit-Reset (whole
+// seconds until the window ends).
+func setRateLimitHeaders(h http.Header, d *limit.Decision) {
+	reset := int64(time.Until(d.Reset)+time.Second-1) / int64(time.Second)
+	h["Ratelimit-Limit"] = []string{strconv.FormatInt(d.Limit, 10)}
+	h["Ratelimit-Remaining"] = []string{strconv.FormatInt(d.Remaining, 10)}
+	h["Ratelimit-Reset"] = []string{strconv.FormatInt(max(reset, 0), 10)}
 }
 
 // clientAddr is the request's client address as Caddy determined it (trusted_proxies

@@ -1,6 +1,9 @@
 package caddymodule
 
 import (
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -26,6 +29,7 @@ func parseAuth(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 //		environment any|production|sandbox
 //		keep_authorization
 //		require_scope <scope>...
+//		rate_limit <requests> <window>
 //	}
 //
 // require_scope may be given several times; the key must have every scope listed.
@@ -56,6 +60,21 @@ func (a *Auth) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				}
 				a.RequireScope = append(a.RequireScope, sc)
 			}
+		case "rate_limit":
+			var n, win string
+			if !d.AllArgs(&n, &win) {
+				return d.Errf("rate_limit: expected <requests> <window>, e.g. rate_limit 100 1s")
+			}
+			limit, err := strconv.ParseInt(n, 10, 64)
+			dur, derr := caddy.ParseDuration(win)
+			rl := &store.RateLimit{Limit: limit, Window: dur}
+			if err != nil || derr != nil {
+				return d.Errf("rate_limit %s %s: expected a whole number of requests and a duration", n, win)
+			}
+			if cerr := store.CheckRateLimit(rl); cerr != nil {
+				return d.Errf("rate_limit %s %s: %v", n, win, cerr)
+			}
+			a.RateLimit = &RateLimitConfig{Limit: limit, Window: caddy.Duration(dur)}
 		case "keep_authorization":
 			if d.NextArg() {
 				return d.ArgErr()

@@ -42,7 +42,7 @@ var (
 
 	failedClients = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: "keygate", Name: "failed_attempt_clients",
-		Help: "Clients the failed-attempt limit tracks (at most its max_clients).",
+		Help: "Clients the failed-attempt limit tracks (at most its max_clients, rounded up to a multiple of 64).",
 	}, func() float64 {
 		if f := currentFailed.Load(); f != nil {
 			return float64(f.Tracked())

@@ -98,7 +98,7 @@ func TestRestrictedKeys(t *testing.T) {
 	}{
 		{"allowed address, scope held", "/charges/1", "203.0.113.9", key, 200, ""},
 		{"single allowed IPv6 address", "/charges/1", "2001:db8::1", key, 200, ""},
-		{"wildcard covers the scope", "/both/1", "203.0.113.9", key, 403, "api_key_insufficient_scope"}, // lacks charges:read
+		{"a wildcard does not cover another scope", "/both/1", "203.0.113.9", key, 403, "api_key_insufficient_scope"}, // customers:* covers customers:read, but charges:read is missing
 		{"address outside", "/charges/1", "198.51.100.1", key, 403, "api_key_ip_not_allowed"},
 		{"next IPv6 address", "/charges/1", "2001:db8::2", key, 403, "api_key_ip_not_allowed"},
 		{"address before scope", "/both/1", "198.51.100.1", key, 403, "api_key_ip_not_allowed"},
@@ -135,6 +135,13 @@ func TestRestrictedKeys(t *testing.T) {
 	}
 	if a := callFrom(t, base+"/other", "", "Bearer "+open); a.status != 200 || up.lastHeader().Get("X-Scopes") != "" {
 		t.Fatalf("unrestricted key: %d, X-Scopes %q", a.status, up.lastHeader().Get("X-Scopes"))
+	}
+	// A metadata name the key lacks is empty upstream, not the placeholder's text.
+	if a := callFrom(t, base+"/charges/1", "", "Bearer "+open); a.status != 200 {
+		t.Fatal(a.body)
+	}
+	if got := up.lastHeader().Values("X-Team"); len(got) != 0 && got[0] != "" {
+		t.Fatalf("a key without metadata sent X-Team %q upstream", got)
 	}
 	// The customers:* wildcard covers customers:read, but the route needs charges:read too.
 	both, _ := mintRestricted(t, s, []string{"charges:read", "customers:*"}, nil, nil)

@@ -196,34 +196,47 @@ func (f *FailedAttempts) wait(c *client, cur int64, elapsed time.Duration, extra
 	return time.Second, true
 }
 
-// Admit is asked before a request costs a store lookup: it refuses the lookup when the
-// client has failed within the window and its failed attempts plus its lookups in flight
-// reach the limit, so that concurrent requests cannot overshoot it once it has failed, and
-// otherwise counts the lookup in flight until Settle. (A client with no failure in the
-// window is admitted whatever its concurrency: at most the requests in flight when its first
-// failure lands add to the limit, once per window.) A client seen for the first time is
-// tracked from here, as the least recently failing.
+// Admit is asked before a request costs a store lookup. A client over the limit is refused
+// (429, as Blocked). A client that has failed within the window but is not over the limit
+// may have at most as many lookups in flight as it has attempts left: a further lookup
+// waits until one settles (a lookup takes a store round trip), so that a burst of concurrent
+// requests cannot overshoot the limit, while no request is refused before the client has
+// really failed `limit` times. A client with no failure in the window is admitted whatever
+// its concurrency (a backend sending many customers' keys from one address, its cache cold);
+// at most the lookups in flight when its first failure lands add to the limit, once per
+// window. The wait is bounded by maxAdmitWait, after which the lookup goes ahead. A client
+// seen for the first time is tracked from here, as the least recently failing.
 func (f *FailedAttempts) Admit(a netip.Addr) (retryAfter time.Duration, ok bool) {
 	if !a.IsValid() {
 		return 0, true
 	}
-	s, k, cur, elapsed := f.lock(a)
-	defer s.mu.Unlock()
-	i := s.find(k, cur, false)
-	c := &s.clients[i]
-	// Lookups in flight count only for a client that has failed within the window: one with
-	// a clean record (a backend sending many customers' keys from one address, its cache
-	// cold) is not held back by its own concurrency.
-	if f.failures(c, cur) > 0 {
-		if wait, blocked := f.wait(c, cur, elapsed, int(c.pending)); blocked {
+	for waited := time.Duration(0); ; waited += admitPoll {
+		s, k, cur, elapsed := f.lock(a)
+		i := s.find(k, cur, false)
+		c := &s.clients[i]
+		failures := f.failures(c, cur)
+		if failures >= f.cfg.Limit {
+			wait, _ := f.wait(c, cur, elapsed, 0)
+			s.mu.Unlock()
 			return wait, false
 		}
+		if failures == 0 || failures+int(c.pending) < f.cfg.Limit || waited >= maxAdmitWait {
+			if c.pending < ^uint16(0) {
+				c.pending++
+			}
+			s.mu.Unlock()
+			return 0, true
+		}
+		s.mu.Unlock()
+		time.Sleep(admitPoll)
 	}
-	if c.pending < ^uint16(0) {
-		c.pending++
-	}
-	return 0, true
 }
+
+// How Admit waits for a lookup in flight to settle.
+const (
+	admitPoll    = time.Millisecond
+	maxAdmitWait = 2 * time.Second
+)
 
 // Settle ends a lookup that Admit let through: failed says whether it found no key (a
 // failed attempt).

@@ -284,52 +284,53 @@ func TestAdmitBoundsConcurrentLookups(t *testing.T) {
 	for range 50 {
 		f.Settle(clean, false)
 	}
-	// Once it has failed, failures plus lookups in flight stay within the limit.
+	// Once it has failed, failures plus lookups in flight stay within the limit: further
+	// lookups wait for one to settle, and none is refused before the limit is reached.
 	f.Fail(addr)
-	var admitted atomic.Int64
+	var admitted, refused atomic.Int64
+	var maxInFlight, inFlight atomic.Int64
 	var wg sync.WaitGroup
 	start := make(chan struct{})
-	for range 50 {
+	for i := range 30 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			<-start
-			if _, ok := f.Admit(addr); ok {
-				admitted.Add(1)
+			if _, ok := f.Admit(addr); !ok {
+				refused.Add(1)
+				return
 			}
+			admitted.Add(1)
+			n := inFlight.Add(1)
+			for {
+				m := maxInFlight.Load()
+				if n <= m || maxInFlight.CompareAndSwap(m, n) {
+					break
+				}
+			}
+			time.Sleep(2 * time.Millisecond)
+			inFlight.Add(-1)
+			// The first 3 of them found nothing; the rest were real keys.
+			f.Settle(addr, i < 3)
 		}()
 	}
 	close(start)
 	wg.Wait()
-	if n := admitted.Load(); n != 4 {
-		t.Fatalf("%d lookups admitted at once after a failure, want the limit less it (4)", n)
+	if m := maxInFlight.Load(); m > 4 {
+		t.Fatalf("%d lookups in flight at once after a failure, want at most the attempts left (4)", m)
+	}
+	if admitted.Load()+refused.Load() != 30 || refused.Load() != 0 && admitted.Load() < 27 {
+		t.Fatalf("admitted %d, refused %d", admitted.Load(), refused.Load())
 	}
 	if _, b := f.Blocked(addr); b {
-		t.Fatal("lookups in flight count as failures for Blocked")
+		t.Fatalf("blocked with %d failures of 5", 1+min(3, admitted.Load()))
 	}
-	// Two were real keys, two found nothing.
-	f.Settle(addr, false)
-	f.Settle(addr, false)
-	for range 2 {
-		f.Settle(addr, true)
-	}
-	if _, b := f.Blocked(addr); b {
-		t.Fatal("blocked after 3 failures of 5")
-	}
-	for range 2 {
-		if _, ok := f.Admit(addr); !ok {
-			t.Fatal("refused with attempts left")
-		}
-	}
+	// Over the limit: refused with the time until an attempt frees up.
+	f.Fail(addr)
 	if wait, ok := f.Admit(addr); ok || wait <= 0 {
-		t.Fatalf("admitted past the limit (or no wait: %v)", wait)
+		t.Fatalf("admitted at the limit (or no wait: %v)", wait)
 	}
-	f.Settle(addr, true)
-	f.Settle(addr, true)
-	if _, b := f.Blocked(addr); !b {
-		t.Fatal("not blocked after 5 failures")
-	}
-	// An address seen only by Admit is the first forgotten when the shard is full.
+	// An unknown address is admitted.
 	var none netip.Addr
 	if _, ok := f.Admit(none); !ok {
 		t.Fatal("an unknown address was refused")

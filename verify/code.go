@@ -24,6 +24,10 @@ const (
 	IPNotAllowed
 	// InsufficientScope: the key lacks a scope the route requires (Result.MissingScope).
 	InsufficientScope
+	// RateLimitExceeded: the key is over its rate limit (Result.Limits says more).
+	RateLimitExceeded
+	// QuotaExceeded: the key's quota for the period is spent.
+	QuotaExceeded
 	// NumCodes is the number of codes, for tables indexed by Code.
 	NumCodes
 )
@@ -57,6 +61,10 @@ var outcomes = [NumCodes]outcome{
 	IPNotAllowed: {http.StatusForbidden, TypePermission, "api_key_ip_not_allowed", "This API key may not be used from this address."},
 	InsufficientScope: {http.StatusForbidden, TypePermission, "api_key_insufficient_scope",
 		"This API key lacks a scope this route requires."},
+	RateLimitExceeded: {http.StatusTooManyRequests, TypeRateLimit, "rate_limit_exceeded",
+		"This API key is over its rate limit. Retry after the time in Retry-After."},
+	QuotaExceeded: {http.StatusTooManyRequests, TypeRateLimit, "quota_exceeded",
+		"This API key's quota for the period is spent. Retry after the time in Retry-After."},
 }
 
 // ScopeMessage is InsufficientScope's message naming the missing scope.

@@ -17,6 +17,8 @@ type policy struct {
 	ips      *ipSet              // nil: any address
 	joined   string              // the scopes, comma-separated
 	meta     []Meta
+	rl       *store.RateLimit // nil: the route's default, if any
+	quota    *store.Quota
 }
 
 // Meta is a metadata value with the name of its placeholder,
@@ -50,7 +52,11 @@ func newPolicy(scopes []string, allowed []netip.Prefix, metadata map[string]stri
 	return p
 }
 
-func policyOf(l store.Lookup) policy { return newPolicy(l.Scopes, l.AllowedIPs, l.Metadata) }
+func policyOf(l store.Lookup) policy {
+	p := newPolicy(l.Scopes, l.AllowedIPs, l.Metadata)
+	p.rl, p.quota = l.RateLimit, l.Quota
+	return p
+}
 
 // allows reports whether the key may use scope s: listed, or covered by a wildcard
 // (charges:* covers charges:read).

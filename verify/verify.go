@@ -31,6 +31,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/keygate/keygate/apikey"
+	"github.com/keygate/keygate/limit"
 	"github.com/keygate/keygate/store"
 )
 
@@ -57,6 +58,10 @@ type Result struct {
 	// metadata with the placeholders' names, when Code is OK. Both are shared: read only.
 	Scopes   string
 	Metadata []Meta
+	// Limits is set for a key with a rate limit or a quota (Limited true): what the
+	// RateLimit-* headers and Retry-After say.
+	Limits  limit.Decision
+	Limited bool
 }
 
 // Request is what Check decides on.
@@ -69,6 +74,9 @@ type Request struct {
 	Client netip.Addr
 	// Scopes are the route's required scopes: the key must have every one.
 	Scopes []string
+	// RateLimit is the route's default for keys without a rate limit of their own (nil:
+	// none).
+	RateLimit *store.RateLimit
 }
 
 // Attempts is the failed-attempt limit as a Verifier uses it (package limit implements it):
@@ -112,6 +120,9 @@ type Config struct {
 	// Attempts, when set, is told of the failed attempts of VerifyFrom's clients and admits
 	// their store lookups.
 	Attempts Attempts
+	// Meter, when set, enforces the keys' rate limits and quotas (without it they are not
+	// enforced).
+	Meter *limit.Meter
 	// Now is the clock (default time.Now).
 	Now    func() time.Time
 	Logger *zap.Logger
@@ -157,8 +168,9 @@ type entry struct {
 	env       apikey.Environment
 	expires   int64 // unix nanoseconds; 0: never
 	revoked   bool
-	signed    bool   // the key's signature tag verifies (always true without signing)
-	policy    policy // scopes, allowed addresses, metadata
+	signed    bool                           // the key's signature tag verifies (always true without signing)
+	policy    policy                         // scopes, allowed addresses, metadata, limits
+	meter     atomic.Pointer[limit.KeyMeter] // the key's limit state, found on first need
 	epoch     uint64
 	lastTouch atomic.Int64 // unix nanoseconds of the last last_used_at write queued
 }
@@ -409,12 +421,30 @@ func (v *Verifier) decideEntry(e *entry, env apikey.Environment, now time.Time, 
 			return Result{Code: InsufficientScope, MissingScope: i}
 		}
 	}
+	var limits limit.Decision
+	limited := false
+	if rl, q := e.rateLimit(req), e.policy.quota; (rl != nil || q != nil) && v.cfg.Meter != nil {
+		km := e.meter.Load()
+		if km == nil {
+			km = v.cfg.Meter.Key(e.instance, e.id)
+			e.meter.Store(km)
+		}
+		limits, limited = km.Take(rl, q), true
+		switch limits.Outcome {
+		case limit.RateLimited:
+			return Result{Code: RateLimitExceeded, Limits: limits, Limited: true}
+		case limit.QuotaExceeded:
+			return Result{Code: QuotaExceeded, Limits: limits, Limited: true}
+		case limit.Unreachable:
+			return Result{Code: Unavailable}
+		}
+	}
 	if !e.signed {
 		v.Stats.UnsignedKeys.Add(1)
 	}
 	v.touch(e, now)
 	return Result{Code: OK, KeyID: e.id, Instance: e.instance, Environment: e.env,
-		Scopes: e.policy.joined, Metadata: e.policy.meta}
+		Scopes: e.policy.joined, Metadata: e.policy.meta, Limits: limits, Limited: limited}
 }
 
 // touch queues a last_used_at write at most once per TouchInterval per cached key; the
@@ -495,6 +525,14 @@ func (v *Verifier) SetHealthy(ok bool) {
 
 // Healthy reports whether the cache is trusted (the invalidation channel is up).
 func (v *Verifier) Healthy() bool { return v.healthy.Load() }
+
+// rateLimit is the key's own rate limit, or the route's default.
+func (e *entry) rateLimit(req *Request) *store.RateLimit {
+	if e.policy.rl != nil {
+		return e.policy.rl
+	}
+	return req.RateLimit
+}
 
 // Interface guards
 var (
