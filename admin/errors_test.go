@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keygate/keygate/internal/admintest"
 	"github.com/keygate/keygate/internal/testutil"
 )
 
@@ -54,21 +55,21 @@ func TestStoreUnavailable(t *testing.T) {
 			{"GET", "/v1/instances", nil},
 			{"POST", "/v1/instances", map[string]string{"id": "down", "name": "x", "environment": "sandbox"}},
 		} {
-			r := e.do(t, c.method, c.path, "ops", c.body)
-			want(t, r, 503, "store_unavailable")
-			if r.header.Get("Retry-After") != "1" {
-				t.Fatalf("%s %s: Retry-After %q", c.method, c.path, r.header.Get("Retry-After"))
+			r := e.Do(t, c.method, c.path, "ops", c.body)
+			admintest.Want(t, r, 503, "store_unavailable")
+			if r.Header.Get("Retry-After") != "1" {
+				t.Fatalf("%s %s: Retry-After %q", c.method, c.path, r.Header.Get("Retry-After"))
 			}
 		}
-		r := e.do(t, "GET", "/healthz", "", nil)
-		want(t, r, 503, "")
-		if r.obj["status"] == "ok" {
+		r := e.Do(t, "GET", "/healthz", "", nil)
+		admintest.Want(t, r, 503, "")
+		if r.Obj["status"] == "ok" {
 			t.Fatalf("healthz with the store down: %s", r)
 		}
 		// Refusals that need no store still come first.
-		want(t, e.do(t, "POST", keysPath(sandboxInst), "", map[string]string{"name": "x"}), 401, "unauthorized")
-		want(t, e.do(t, "POST", keysPath(sandboxInst), "reader", map[string]string{"name": "x"}), 403, "forbidden")
-		want(t, e.do(t, "GET", "/v1/me", "ops", nil), 200, "")
+		admintest.Want(t, e.Do(t, "POST", keysPath(sandboxInst), "", map[string]string{"name": "x"}), 401, "unauthorized")
+		admintest.Want(t, e.Do(t, "POST", keysPath(sandboxInst), "reader", map[string]string{"name": "x"}), 403, "forbidden")
+		admintest.Want(t, e.Do(t, "GET", "/v1/me", "ops", nil), 200, "")
 		if d := time.Since(start); d > 15*time.Second {
 			t.Fatalf("answering with the store down took %v", d)
 		}
@@ -83,7 +84,7 @@ func TestStoreUnavailable(t *testing.T) {
 		// It recovers by itself.
 		e.srv.Restart()
 		testutil.WaitEvery(t, 10*time.Second, 50*time.Millisecond, "/healthz to answer 200 after the restart", func() bool {
-			return e.do(t, "GET", "/healthz", "", nil).status == 200
+			return e.Do(t, "GET", "/healthz", "", nil).Status == 200
 		})
 	})
 }
@@ -119,7 +120,7 @@ func TestNoSuchCall(t *testing.T) {
 				{"POST", "/v1/instances/" + sandboxInst + "/events", "GET"},
 			} {
 				r := e.refused(t, c.method, c.path, role, nil, 405, "method_not_allowed")
-				if got := r.header.Get("Allow"); got != c.allow {
+				if got := r.Header.Get("Allow"); got != c.allow {
 					t.Fatalf("%s %s: Allow %q, want %q", c.method, c.path, got, c.allow)
 				}
 			}
@@ -137,22 +138,20 @@ func TestNoSecretInAnswersOrLogs(t *testing.T) {
 		for i := 0; i < 5; i++ {
 			keys = append(keys, e.createKey(t, sandboxInst, map[string]string{"name": fmt.Sprintf("k%d", i)}))
 		}
-		want(t, e.do(t, "POST", keysPath(sandboxInst)+"/"+keys[0].ID+"/roll", "roller", map[string]any{"expire_old_in_seconds": 60}), 201, "")
-		want(t, e.do(t, "DELETE", keysPath(sandboxInst)+"/"+keys[1].ID, "deleter", nil), 200, "")
-		listIDs(t, e.do(t, "GET", keysPath(sandboxInst), "reader", nil))
+		admintest.Want(t, e.Do(t, "POST", keysPath(sandboxInst)+"/"+keys[0].ID+"/roll", "roller", map[string]any{"expire_old_in_seconds": 60}), 201, "")
+		admintest.Want(t, e.Do(t, "DELETE", keysPath(sandboxInst)+"/"+keys[1].ID, "deleter", nil), 200, "")
+		listIDs(t, e.Do(t, "GET", keysPath(sandboxInst), "reader", nil))
 		// Tokens and secrets where they do not belong.
-		e.refusedH(t, "GET", "/v1/me", nil, http.Header{"Authorization": {"Token " + e.tok["ops"]}}, 401, "unauthorized")
-		e.refusedH(t, "GET", "/v1/me", nil, http.Header{"Cookie": {"token=" + e.tok["ops"]}}, 401, "unauthorized")
-		e.refused(t, "POST", keysPath(sandboxInst), "ops", map[string]string{"name": "x", "expires_at": e.tok["env"]}, 400, "invalid_expiration")
-		e.refused(t, "POST", keysPath(sandboxInst), "ops", map[string]string{"name": "x", "bogus": e.tok["hashed"] + keys[2].Secret}, 400, "invalid_request")
+		e.refusedH(t, "GET", "/v1/me", nil, http.Header{"Authorization": {"Token " + e.Tok["ops"]}}, 401, "unauthorized")
+		e.refusedH(t, "GET", "/v1/me", nil, http.Header{"Cookie": {"token=" + e.Tok["ops"]}}, 401, "unauthorized")
+		e.refused(t, "POST", keysPath(sandboxInst), "ops", map[string]string{"name": "x", "expires_at": e.Tok["env"]}, 400, "invalid_expiration")
+		e.refused(t, "POST", keysPath(sandboxInst), "ops", map[string]string{"name": "x", "bogus": e.Tok["hashed"] + keys[2].Secret}, 400, "invalid_request")
 		e.refused(t, "GET", keysPath(sandboxInst)+"?starting_after="+keys[3].Secret, "ops", nil, 400, "invalid_request")
 		e.storeDown(t)
-		want(t, e.do(t, "POST", keysPath(sandboxInst), "ops", map[string]string{"name": e.tok["ops"]}), 503, "store_unavailable")
-		want(t, e.do(t, "GET", keysPath(sandboxInst)+"/"+keys[4].ID, "ops", nil), 503, "store_unavailable")
+		admintest.Want(t, e.Do(t, "POST", keysPath(sandboxInst), "ops", map[string]string{"name": e.Tok["ops"]}), 503, "store_unavailable")
+		admintest.Want(t, e.Do(t, "GET", keysPath(sandboxInst)+"/"+keys[4].ID, "ops", nil), 503, "store_unavailable")
 
-		e.mu.Lock()
-		n := len(e.secrets)
-		e.mu.Unlock()
+		n := len(e.Secrets())
 		if n != 6 {
 			t.Fatalf("%d key secrets seen, want 6 (5 created, 1 rolled)", n)
 		}

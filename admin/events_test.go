@@ -5,6 +5,8 @@ import (
 	"sort"
 	"testing"
 	"time"
+
+	"github.com/keygate/keygate/internal/admintest"
 )
 
 // The audit trail: newest first, who did what to which key, paged like the keys.
@@ -12,13 +14,13 @@ func TestListEvents(t *testing.T) {
 	eachStore(t, func(t *testing.T, e *apiEnv) {
 		inst := e.newInstance(t, "production")
 		a := e.createKey(t, inst, map[string]string{"name": "a"})
-		want(t, e.do(t, "DELETE", keysPath(inst)+"/"+a.ID, "ops", nil), 200, "")
+		admintest.Want(t, e.Do(t, "DELETE", keysPath(inst)+"/"+a.ID, "ops", nil), 200, "")
 		b := e.createKey(t, inst, map[string]string{"name": "b"})
-		r := e.do(t, "POST", keysPath(inst)+"/"+b.ID+"/roll", "env", map[string]any{"expire_old_in_seconds": 60})
-		want(t, r, 201, "")
-		c := checkKey(t, r.obj, true)
+		r := e.Do(t, "POST", keysPath(inst)+"/"+b.ID+"/roll", "env", map[string]any{"expire_old_in_seconds": 60})
+		admintest.Want(t, r, 201, "")
+		c := checkKey(t, r.Obj, true)
 
-		r = e.do(t, "GET", "/v1/instances/"+inst+"/events", "reader", nil)
+		r = e.Do(t, "GET", "/v1/instances/"+inst+"/events", "reader", nil)
 		ids, more := listIDs(t, r)
 		if len(ids) != 4 || more {
 			t.Fatalf("events %s", r)
@@ -30,7 +32,7 @@ func TestListEvents(t *testing.T) {
 			{"api_key.revoked", a.ID, "", "ops"},
 			{"api_key.created", a.ID, "", "ops"},
 		}
-		for i, d := range r.obj["data"].([]any) {
+		for i, d := range r.Obj["data"].([]any) {
 			m := d.(map[string]any)
 			fields := []string{"object", "id", "type", "instance", "key_id", "actor", "created_at"}
 			if wantEvents[i].newKey != "" {
@@ -54,17 +56,17 @@ func TestListEvents(t *testing.T) {
 			near(t, "event created_at", utc(t, "created_at", &ca), time.Now(), time.Minute)
 		}
 		// Paging like the keys list.
-		page, more := listIDs(t, e.do(t, "GET", "/v1/instances/"+inst+"/events?limit=3", "reader", nil))
+		page, more := listIDs(t, e.Do(t, "GET", "/v1/instances/"+inst+"/events?limit=3", "reader", nil))
 		if !slices.Equal(page, ids[:3]) || !more {
 			t.Fatalf("events?limit=3 = %v %v", page, more)
 		}
-		page, more = listIDs(t, e.do(t, "GET", "/v1/instances/"+inst+"/events?limit=3&starting_after="+ids[2], "reader", nil))
+		page, more = listIDs(t, e.Do(t, "GET", "/v1/instances/"+inst+"/events?limit=3&starting_after="+ids[2], "reader", nil))
 		if !slices.Equal(page, ids[3:]) || more {
 			t.Fatalf("events second page = %v %v", page, more)
 		}
 		// An instance without events answers an empty list.
 		empty := e.newInstance(t, "sandbox")
-		if page, more := listIDs(t, e.do(t, "GET", "/v1/instances/"+empty+"/events", "reader", nil)); len(page) != 0 || more {
+		if page, more := listIDs(t, e.Do(t, "GET", "/v1/instances/"+empty+"/events", "reader", nil)); len(page) != 0 || more {
 			t.Fatalf("empty trail = %v", page)
 		}
 	})

@@ -7,12 +7,8 @@ package admin_test
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -29,6 +25,7 @@ import (
 
 	"github.com/keygate/keygate/admin"
 	"github.com/keygate/keygate/apikey"
+	"github.com/keygate/keygate/internal/admintest"
 	"github.com/keygate/keygate/internal/redistest"
 	"github.com/keygate/keygate/store"
 	"github.com/keygate/keygate/store/filestore"
@@ -62,15 +59,11 @@ var adminRoles = []struct {
 // apiEnv is one admin API behind an httptest server, over a real store holding the
 // instances sandboxInst and prodInst.
 type apiEnv struct {
-	base      string
-	s         store.Store
-	srv       *redistest.Server // nil for the file store
-	tok       map[string]string // role (and "unnamed", "hashed", "env") → clear token
-	logs      *syncBuffer       // the API's logger, as JSON lines
-	mu        sync.Mutex
-	answers   [][]byte // every answer body and its headers
-	secrets   []string // every key secret the API handed out
-	instances int      // counter for fresh instance ids
+	*admintest.Client // Tok: role (and "unnamed", "hashed", "env") → clear token
+	s                 store.Store
+	srv               *redistest.Server // nil for the file store
+	logs              *syncBuffer       // the API's logger, as JSON lines
+	instances         int               // counter for fresh instance ids
 }
 
 // eachStore runs test on an API over a file store, then on one over a Redis store.
@@ -91,17 +84,6 @@ func eachStore(t *testing.T, test func(t *testing.T, e *apiEnv)) {
 	})
 }
 
-func randomToken() string {
-	b := make([]byte, 16)
-	rand.Read(b)
-	return hex.EncodeToString(b)
-}
-
-func tokenSHA(tok string) string {
-	h := sha256.Sum256([]byte(tok))
-	return hex.EncodeToString(h[:])
-}
-
 // newAPIEnv serves the API over s with the tokens of adminRoles, plus an unnamed token
 // (apiKey.read apiKey.create), one configured as "sha256:<hex>" (apiKey.read) and one named
 // env-ops (every permission), built the way nora_admin builds them from its config. At the
@@ -118,7 +100,7 @@ func newAPIEnv(t *testing.T, s store.Store, srv *redistest.Server) *apiEnv {
 			t.Fatal(err)
 		}
 	}
-	e := &apiEnv{s: s, srv: srv, tok: map[string]string{}, logs: &syncBuffer{}}
+	e := &apiEnv{Client: &admintest.Client{Tok: map[string]string{}}, s: s, srv: srv, logs: &syncBuffer{}}
 	var tokens []admin.Token
 	add := func(configured, name string, perms []string, scope []string) {
 		t.Helper()
@@ -140,15 +122,15 @@ func newAPIEnv(t *testing.T, s store.Store, srv *redistest.Server) *apiEnv {
 		tokens = append(tokens, tk)
 	}
 	for _, r := range adminRoles {
-		e.tok[r.role] = randomToken()
-		add(e.tok[r.role], r.role, r.perms, r.scope)
+		e.Tok[r.role] = admintest.RandomToken()
+		add(e.Tok[r.role], r.role, r.perms, r.scope)
 	}
-	e.tok["unnamed"] = randomToken()
-	add(e.tok["unnamed"], "", []string{"apiKey.read", "apiKey.create"}, nil)
-	e.tok["hashed"] = randomToken()
-	add("sha256:"+tokenSHA(e.tok["hashed"]), "", []string{"apiKey.read"}, nil)
-	e.tok["env"] = randomToken()
-	add(e.tok["env"], "env-ops", allPerms, nil)
+	e.Tok["unnamed"] = admintest.RandomToken()
+	add(e.Tok["unnamed"], "", []string{"apiKey.read", "apiKey.create"}, nil)
+	e.Tok["hashed"] = admintest.RandomToken()
+	add("sha256:"+admintest.TokenSHA(e.Tok["hashed"]), "", []string{"apiKey.read"}, nil)
+	e.Tok["env"] = admintest.RandomToken()
+	add(e.Tok["env"], "env-ops", allPerms, nil)
 
 	logger := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()),
 		zapcore.AddSync(e.logs), zapcore.DebugLevel))
@@ -158,7 +140,7 @@ func newAPIEnv(t *testing.T, s store.Store, srv *redistest.Server) *apiEnv {
 	}
 	hs := httptest.NewServer(api)
 	t.Cleanup(hs.Close)
-	e.base = hs.URL
+	e.Base = hs.URL
 	t.Cleanup(func() { e.checkNoSecretLeaked(t) })
 	return e
 }
@@ -167,28 +149,17 @@ func newAPIEnv(t *testing.T, s store.Store, srv *redistest.Server) *apiEnv {
 // admin token nor a key secret.
 func (e *apiEnv) checkNoSecretLeaked(t *testing.T) {
 	t.Helper()
-	e.mu.Lock()
-	answers := bytes.Join(e.answers, []byte("\n"))
-	keySecrets := append([]string(nil), e.secrets...)
-	e.mu.Unlock()
-	var tokens []string
-	for _, tok := range e.tok {
-		tokens = append(tokens, tok)
+	answers := e.Answers()
+	tokens := e.Tokens()
+	for _, tok := range tokens {
 		if bytes.Contains(answers, []byte(tok)) {
 			t.Error("an answer carries an admin token")
 		}
 	}
 	logs := e.logs.Bytes()
-	for _, s := range append(tokens, keySecrets...) {
-		if bytes.Contains(logs, []byte(s)) {
-			line := logs[:0]
-			for _, l := range bytes.Split(logs, []byte("\n")) {
-				if bytes.Contains(l, []byte(s)) {
-					line = l
-					break
-				}
-			}
-			t.Errorf("the log carries a secret: %.300s", bytes.ReplaceAll(line, []byte(s), []byte("<SECRET>")))
+	for _, s := range append(tokens, e.Secrets()...) {
+		if line, ok := admintest.LineWith(logs, s); ok {
+			t.Errorf("the log carries a secret: %.300s", line)
 		}
 	}
 }
@@ -209,118 +180,6 @@ func (s *syncBuffer) Bytes() []byte {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return append([]byte(nil), s.b.Bytes()...)
-}
-
-// reply is an answer of the API.
-type reply struct {
-	status int
-	header http.Header
-	body   []byte
-	obj    map[string]any
-	Error  struct {
-		Type    string `json:"type"`
-		Code    string `json:"code"`
-		Message string `json:"message"`
-	} `json:"error"`
-}
-
-func (r reply) String() string {
-	b := bytes.TrimSpace(r.body)
-	if len(b) > 600 {
-		return fmt.Sprintf("%d %s… (%d bytes)", r.status, b[:600], len(b))
-	}
-	return fmt.Sprintf("%d %s", r.status, b)
-}
-
-// send makes one request. body: nil (none), string or []byte (sent as is), anything else
-// (sent as JSON).
-func (e *apiEnv) send(t *testing.T, method, path string, body any, header http.Header) reply {
-	t.Helper()
-	var rd io.Reader
-	switch b := body.(type) {
-	case nil:
-	case string:
-		rd = strings.NewReader(b)
-	case []byte:
-		rd = bytes.NewReader(b)
-	default:
-		j, err := json.Marshal(b)
-		if err != nil {
-			t.Fatal(err)
-		}
-		rd = bytes.NewReader(j)
-	}
-	req, err := http.NewRequest(method, e.base+path, rd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if rd != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	for k, vs := range header {
-		for _, v := range vs {
-			req.Header.Add(k, v)
-		}
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, path, err)
-	}
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := reply{status: resp.StatusCode, header: resp.Header, body: raw}
-	var hdr bytes.Buffer
-	resp.Header.Write(&hdr)
-	e.mu.Lock()
-	e.answers = append(e.answers, raw, hdr.Bytes())
-	e.mu.Unlock()
-	if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
-		t.Fatalf("%s %s: Content-Type %q (%s)", method, path, ct, r)
-	}
-	if err := json.Unmarshal(raw, &r.obj); err != nil {
-		t.Fatalf("%s %s: answer is not a JSON object: %q", method, path, raw)
-	}
-	json.Unmarshal(raw, &r)
-	if r.status >= 400 && path != "/healthz" {
-		if r.Error.Type == "" || r.Error.Code == "" || r.Error.Message == "" || len(r.obj) != 1 {
-			t.Fatalf("%s %s: error answer not of the error shape: %s", method, path, r)
-		}
-		if r.status == http.StatusUnauthorized && resp.Header.Get("WWW-Authenticate") == "" {
-			t.Fatalf("%s %s: 401 without WWW-Authenticate", method, path)
-		}
-	}
-	if s, ok := r.obj["secret"].(string); ok {
-		e.mu.Lock()
-		e.secrets = append(e.secrets, s)
-		e.mu.Unlock()
-	}
-	return r
-}
-
-func bearer(tok string) http.Header { return http.Header{"Authorization": {"Bearer " + tok}} }
-
-// do sends a request with the token of role ("" for none).
-func (e *apiEnv) do(t *testing.T, method, path, role string, body any) reply {
-	t.Helper()
-	h := http.Header{}
-	if role != "" {
-		tok, ok := e.tok[role]
-		if !ok {
-			t.Fatalf("no token for role %q", role)
-		}
-		h = bearer(tok)
-	}
-	return e.send(t, method, path, body, h)
-}
-
-func want(t *testing.T, r reply, status int, code string) {
-	t.Helper()
-	if r.status != status || (code != "" && r.Error.Code != code) {
-		t.Fatalf("got %s; want %d %s", r, status, code)
-	}
 }
 
 // snapshot is everything the store holds that the admin API can change.
@@ -377,22 +236,22 @@ func (e *apiEnv) snapshot(t *testing.T) string {
 
 // refusedH sends a request that must be refused with status and code, and checks that the
 // store holds exactly what it held before.
-func (e *apiEnv) refusedH(t *testing.T, method, path string, body any, h http.Header, status int, code string) reply {
+func (e *apiEnv) refusedH(t *testing.T, method, path string, body any, h http.Header, status int, code string) admintest.Reply {
 	t.Helper()
 	before := e.snapshot(t)
-	r := e.send(t, method, path, body, h)
-	want(t, r, status, code)
+	r := e.Send(t, method, path, body, h)
+	admintest.Want(t, r, status, code)
 	if after := e.snapshot(t); after != before {
 		t.Fatalf("%s %s refused with %d but the store changed:\nbefore:\n%s\nafter:\n%s", method, path, status, before, after)
 	}
 	return r
 }
 
-func (e *apiEnv) refused(t *testing.T, method, path, role string, body any, status int, code string) reply {
+func (e *apiEnv) refused(t *testing.T, method, path, role string, body any, status int, code string) admintest.Reply {
 	t.Helper()
 	h := http.Header{}
 	if role != "" {
-		h = bearer(e.tok[role])
+		h = admintest.Bearer(e.Tok[role])
 	}
 	return e.refusedH(t, method, path, body, h, status, code)
 }
@@ -557,9 +416,9 @@ func keysPath(instance string) string { return "/v1/instances/" + instance + "/k
 // createKey creates a key through the API with the ops token.
 func (e *apiEnv) createKey(t *testing.T, instance string, body any) keyObj {
 	t.Helper()
-	r := e.do(t, "POST", keysPath(instance), "ops", body)
-	want(t, r, 201, "")
-	k := checkKey(t, r.obj, true)
+	r := e.Do(t, "POST", keysPath(instance), "ops", body)
+	admintest.Want(t, r, 201, "")
+	k := checkKey(t, r.Obj, true)
 	in, err := e.s.Instance(context.Background(), instance)
 	if err != nil {
 		t.Fatal(err)
@@ -592,22 +451,22 @@ func (e *apiEnv) newInstance(t *testing.T, env string) string {
 	t.Helper()
 	e.instances++
 	id := fmt.Sprintf("inst-%d", e.instances)
-	r := e.do(t, "POST", "/v1/instances", "ops", map[string]string{"id": id, "name": "Instance " + id, "environment": env})
-	want(t, r, 201, "")
+	r := e.Do(t, "POST", "/v1/instances", "ops", map[string]string{"id": id, "name": "Instance " + id, "environment": env})
+	admintest.Want(t, r, 201, "")
 	return id
 }
 
-func listIDs(t *testing.T, r reply) (ids []string, more bool) {
+func listIDs(t *testing.T, r admintest.Reply) (ids []string, more bool) {
 	t.Helper()
-	want(t, r, 200, "")
-	if r.obj["object"] != "list" {
-		t.Fatalf("list object %v", r.obj["object"])
+	admintest.Want(t, r, 200, "")
+	if r.Obj["object"] != "list" {
+		t.Fatalf("list object %v", r.Obj["object"])
 	}
-	data, ok := r.obj["data"].([]any)
+	data, ok := r.Obj["data"].([]any)
 	if !ok {
-		t.Fatalf("list data is %T, want an array: %s", r.obj["data"], r)
+		t.Fatalf("list data is %T, want an array: %s", r.Obj["data"], r)
 	}
-	more, ok = r.obj["has_more"].(bool)
+	more, ok = r.Obj["has_more"].(bool)
 	if !ok {
 		t.Fatalf("list without has_more: %s", r)
 	}

@@ -9,14 +9,15 @@ import (
 	"testing"
 
 	"github.com/keygate/keygate/apikey"
+	"github.com/keygate/keygate/internal/admintest"
 )
 
 // /healthz answers ok while the store answers.
 func TestHealthz(t *testing.T) {
 	eachStore(t, func(t *testing.T, e *apiEnv) {
-		r := e.do(t, "GET", "/healthz", "", nil)
-		want(t, r, 200, "")
-		if !reflect.DeepEqual(r.obj, map[string]any{"status": "ok"}) {
+		r := e.Do(t, "GET", "/healthz", "", nil)
+		admintest.Want(t, r, 200, "")
+		if !reflect.DeepEqual(r.Obj, map[string]any{"status": "ok"}) {
 			t.Fatalf("healthz answered %s", r)
 		}
 	})
@@ -36,16 +37,16 @@ func TestMe(t *testing.T) {
 			{"scoped", "scoped", allPerms, []string{sandboxInst}},
 			{"env", "env-ops", allPerms, []string{"*"}},
 		} {
-			r := e.do(t, "GET", "/v1/me", tc.role, nil)
-			want(t, r, 200, "")
+			r := e.Do(t, "GET", "/v1/me", tc.role, nil)
+			admintest.Want(t, r, 200, "")
 			var me struct {
 				Name        string   `json:"name"`
 				Permissions []string `json:"permissions"`
 				Instances   []string `json:"instances"`
 			}
-			json.Unmarshal(r.body, &me)
+			json.Unmarshal(r.Body, &me)
 			if me.Name != tc.name || !slices.Equal(me.Permissions, tc.perms) || !slices.Equal(me.Instances, tc.instances) ||
-				me.Permissions == nil || len(r.obj) != 3 {
+				me.Permissions == nil || len(r.Obj) != 3 {
 				t.Fatalf("%s: /v1/me = %s", tc.role, r)
 			}
 		}
@@ -55,13 +56,13 @@ func TestMe(t *testing.T) {
 // Every instance, or only those of a scoped token.
 func TestListInstances(t *testing.T) {
 	eachStore(t, func(t *testing.T, e *apiEnv) {
-		r := e.do(t, "GET", "/v1/instances", "ops", nil)
-		want(t, r, 200, "")
-		if r.obj["object"] != "list" {
+		r := e.Do(t, "GET", "/v1/instances", "ops", nil)
+		admintest.Want(t, r, 200, "")
+		if r.Obj["object"] != "list" {
 			t.Fatalf("not a list: %s", r)
 		}
 		found := map[string]map[string]any{}
-		for _, d := range r.obj["data"].([]any) {
+		for _, d := range r.Obj["data"].([]any) {
 			m := d.(map[string]any)
 			found[m["id"].(string)] = m
 		}
@@ -74,7 +75,7 @@ func TestListInstances(t *testing.T) {
 			}
 		}
 		// A scoped token sees only its instances.
-		ids, _ := listIDs(t, e.do(t, "GET", "/v1/instances", "scoped", nil))
+		ids, _ := listIDs(t, e.Do(t, "GET", "/v1/instances", "scoped", nil))
 		if !slices.Equal(ids, []string{sandboxInst}) {
 			t.Fatalf("scoped token lists %v", ids)
 		}
@@ -84,16 +85,16 @@ func TestListInstances(t *testing.T) {
 // A new instance is stored, listed, and takes keys of its environment; an id is taken once.
 func TestCreateInstance(t *testing.T) {
 	eachStore(t, func(t *testing.T, e *apiEnv) {
-		r := e.do(t, "POST", "/v1/instances", "ops", map[string]string{"id": "beta_2", "name": "Béta", "environment": "production"})
-		want(t, r, 201, "")
-		if !reflect.DeepEqual(r.obj, map[string]any{"object": "instance", "id": "beta_2", "name": "Béta", "environment": "production"}) {
+		r := e.Do(t, "POST", "/v1/instances", "ops", map[string]string{"id": "beta_2", "name": "Béta", "environment": "production"})
+		admintest.Want(t, r, 201, "")
+		if !reflect.DeepEqual(r.Obj, map[string]any{"object": "instance", "id": "beta_2", "name": "Béta", "environment": "production"}) {
 			t.Fatalf("created %s", r)
 		}
 		in, err := e.s.Instance(context.Background(), "beta_2")
 		if err != nil || in.Name != "Béta" || in.Environment != apikey.Production {
 			t.Fatalf("store has %+v, %v", in, err)
 		}
-		ids, _ := listIDs(t, e.do(t, "GET", "/v1/instances", "ops", nil))
+		ids, _ := listIDs(t, e.Do(t, "GET", "/v1/instances", "ops", nil))
 		if !slices.Contains(ids, "beta_2") {
 			t.Fatalf("new instance not listed: %v", ids)
 		}

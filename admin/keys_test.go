@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/keygate/keygate/apikey"
+	"github.com/keygate/keygate/internal/admintest"
 	"github.com/keygate/keygate/store"
 )
 
@@ -32,9 +33,9 @@ func TestCreateAndGetKey(t *testing.T) {
 			if err != nil || l.ID != k.ID || l.Instance != inst {
 				t.Fatalf("lookup of the new secret: %+v, %v", l, err)
 			}
-			r := e.do(t, "GET", keysPath(inst)+"/"+k.ID, "reader", nil)
-			want(t, r, 200, "")
-			got := checkKey(t, r.obj, false)
+			r := e.Do(t, "GET", keysPath(inst)+"/"+k.ID, "reader", nil)
+			admintest.Want(t, r, 200, "")
+			got := checkKey(t, r.Obj, false)
 			k.Secret = ""
 			if !reflect.DeepEqual(got, k) {
 				t.Fatalf("get = %+v, create = %+v", got, k)
@@ -78,17 +79,17 @@ func TestListKeys(t *testing.T) {
 			{"?limit=1000", []string{ids[4], ids[3], ids[2], ids[1], ids[0]}, false},
 			{"?limit=1", []string{ids[4]}, true},
 		} {
-			r := e.do(t, "GET", p+tc.query, "reader", nil)
+			r := e.Do(t, "GET", p+tc.query, "reader", nil)
 			got, more := listIDs(t, r)
 			if !slices.Equal(got, tc.want) || more != tc.more {
 				t.Fatalf("list%s = %v has_more %v; want %v %v", tc.query, got, more, tc.want, tc.more)
 			}
-			for _, d := range r.obj["data"].([]any) {
+			for _, d := range r.Obj["data"].([]any) {
 				checkKey(t, d.(map[string]any), false)
 			}
 		}
 		// Status filter.
-		want(t, e.do(t, "DELETE", p+"/"+ids[2], "ops", nil), 200, "")
+		admintest.Want(t, e.Do(t, "DELETE", p+"/"+ids[2], "ops", nil), 200, "")
 		expired := e.mintKey(t, inst, time.Now().Add(-time.Minute))
 		for _, tc := range []struct {
 			query string
@@ -102,12 +103,12 @@ func TestListKeys(t *testing.T) {
 			{"?status=active&limit=2&starting_after=" + ids[3], []string{ids[1], ids[0]}, false},
 			{"", []string{expired.ID, ids[4], ids[3], ids[2], ids[1], ids[0]}, false},
 		} {
-			r := e.do(t, "GET", p+tc.query, "reader", nil)
+			r := e.Do(t, "GET", p+tc.query, "reader", nil)
 			got, more := listIDs(t, r)
 			if !slices.Equal(got, tc.want) || more != tc.more {
 				t.Fatalf("list%s = %v has_more %v; want %v %v", tc.query, got, more, tc.want, tc.more)
 			}
-			for _, d := range r.obj["data"].([]any) {
+			for _, d := range r.Obj["data"].([]any) {
 				k := checkKey(t, d.(map[string]any), false)
 				if st := strings.TrimPrefix(tc.query, "?status="); strings.HasPrefix(tc.query, "?status=") && !strings.HasPrefix(st, k.Status) {
 					t.Fatalf("list%s holds a %s key", tc.query, k.Status)
@@ -122,23 +123,23 @@ func TestRevokeKey(t *testing.T) {
 	eachStore(t, func(t *testing.T, e *apiEnv) {
 		k := e.createKey(t, sandboxInst, map[string]string{"name": "to revoke"})
 		before := time.Now()
-		r := e.do(t, "DELETE", keysPath(sandboxInst)+"/"+k.ID, "deleter", nil)
-		want(t, r, 200, "")
-		rk := checkKey(t, r.obj, false)
+		r := e.Do(t, "DELETE", keysPath(sandboxInst)+"/"+k.ID, "deleter", nil)
+		admintest.Want(t, r, 200, "")
+		rk := checkKey(t, r.Obj, false)
 		if rk.ID != k.ID || rk.Status != "revoked" || rk.RevokedAt == nil {
 			t.Fatalf("revoked %s", r)
 		}
 		near(t, "revoked_at", utc(t, "revoked_at", rk.RevokedAt), before, 5*time.Second)
 		time.Sleep(20 * time.Millisecond)
-		r = e.do(t, "DELETE", keysPath(sandboxInst)+"/"+k.ID, "ops", nil)
-		want(t, r, 200, "")
-		again := checkKey(t, r.obj, false)
+		r = e.Do(t, "DELETE", keysPath(sandboxInst)+"/"+k.ID, "ops", nil)
+		admintest.Want(t, r, 200, "")
+		again := checkKey(t, r.Obj, false)
 		if !reflect.DeepEqual(again, rk) {
 			t.Fatalf("second revoke = %+v, first = %+v", again, rk)
 		}
-		r = e.do(t, "GET", keysPath(sandboxInst)+"/"+k.ID, "reader", nil)
-		want(t, r, 200, "")
-		if got := checkKey(t, r.obj, false); !reflect.DeepEqual(got, rk) {
+		r = e.Do(t, "GET", keysPath(sandboxInst)+"/"+k.ID, "reader", nil)
+		admintest.Want(t, r, 200, "")
+		if got := checkKey(t, r.Obj, false); !reflect.DeepEqual(got, rk) {
 			t.Fatalf("get after revoke = %+v", got)
 		}
 		l, err := e.s.LookupHash(context.Background(), apikey.Hasher{}.Sum(k.Secret))
@@ -168,9 +169,9 @@ func TestRollKey(t *testing.T) {
 		day := time.Now().UTC().AddDate(0, 0, 30).Format("2006-01-02")
 		roll := func(t *testing.T, old keyObj, role string, body any) keyObj {
 			t.Helper()
-			r := e.do(t, "POST", keysPath(sandboxInst)+"/"+old.ID+"/roll", role, body)
-			want(t, r, 201, "")
-			nk := checkKey(t, r.obj, true)
+			r := e.Do(t, "POST", keysPath(sandboxInst)+"/"+old.ID+"/roll", role, body)
+			admintest.Want(t, r, 201, "")
+			nk := checkKey(t, r.Obj, true)
 			if nk.ID == old.ID || nk.Secret == old.Secret || nk.Instance != old.Instance {
 				t.Fatalf("rolled %+v into %+v", old, nk)
 			}
@@ -178,9 +179,9 @@ func TestRollKey(t *testing.T) {
 		}
 		get := func(t *testing.T, id string) keyObj {
 			t.Helper()
-			r := e.do(t, "GET", keysPath(sandboxInst)+"/"+id, "ops", nil)
-			want(t, r, 200, "")
-			return checkKey(t, r.obj, false)
+			r := e.Do(t, "GET", keysPath(sandboxInst)+"/"+id, "ops", nil)
+			admintest.Want(t, r, 200, "")
+			return checkKey(t, r.Obj, false)
 		}
 
 		t.Run("grace 0", func(t *testing.T) {
@@ -217,13 +218,13 @@ func TestRollKey(t *testing.T) {
 			}
 			// No body sent chunked, without Content-Length: the same.
 			old = e.createKey(t, sandboxInst, map[string]string{"name": "chunked"})
-			c, err := net.Dial("tcp", strings.TrimPrefix(e.base, "http://"))
+			c, err := net.Dial("tcp", strings.TrimPrefix(e.Base, "http://"))
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer c.Close()
 			fmt.Fprintf(c, "POST %s/%s/roll HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-				keysPath(sandboxInst), old.ID, strings.TrimPrefix(e.base, "http://"), e.tok["ops"])
+				keysPath(sandboxInst), old.ID, strings.TrimPrefix(e.Base, "http://"), e.Tok["ops"])
 			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 			if err != nil {
 				t.Fatal(err)

@@ -10,20 +10,22 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/keygate/keygate/internal/admintest"
 )
 
 // Without a valid Bearer admin token, every call is 401 and writes nothing.
 func TestUnauthorized(t *testing.T) {
 	eachStore(t, func(t *testing.T, e *apiEnv) {
-		ops := e.tok["ops"]
+		ops := e.Tok["ops"]
 		k := e.createKey(t, sandboxInst, map[string]string{"name": "guarded"})
 		basic := "Basic " + base64.StdEncoding.EncodeToString([]byte(ops+":"))
 		basicPass := "Basic " + base64.StdEncoding.EncodeToString([]byte("admin:"+ops))
 		headers := map[string]http.Header{
 			"no header":         {},
-			"wrong token":       bearer(randomToken()),
-			"token prefix":      bearer(ops[:len(ops)-1]),
-			"token and more":    bearer(ops + "x"),
+			"wrong token":       admintest.Bearer(admintest.RandomToken()),
+			"token prefix":      admintest.Bearer(ops[:len(ops)-1]),
+			"token and more":    admintest.Bearer(ops + "x"),
 			"extra words":       {"Authorization": {"Bearer " + ops + " please"}},
 			"Basic scheme":      {"Authorization": {basic}},
 			"Basic as password": {"Authorization": {basicPass}},
@@ -31,8 +33,8 @@ func TestUnauthorized(t *testing.T) {
 			"bare token":        {"Authorization": {ops}},
 			"empty bearer":      {"Authorization": {"Bearer "}},
 			"two headers":       {"Authorization": {"Bearer " + ops, "Bearer " + ops}},
-			"hash as token":     bearer("sha256:" + tokenSHA(e.tok["hashed"])),
-			"hash of hashed":    bearer(tokenSHA(e.tok["hashed"])),
+			"hash as token":     admintest.Bearer("sha256:" + admintest.TokenSHA(e.Tok["hashed"])),
+			"hash of hashed":    admintest.Bearer(admintest.TokenSHA(e.Tok["hashed"])),
 			"cookie only":       {"Cookie": {"token=" + ops + "; admin_token=" + ops + "; nora_admin=" + ops + "; session=" + ops}},
 		}
 		calls := []struct{ method, path string }{
@@ -67,7 +69,7 @@ func TestUnauthorized(t *testing.T) {
 				}
 			})
 		}
-		if got := checkKey(t, e.do(t, "GET", keysPath(sandboxInst)+"/"+k.ID, "ops", nil).obj, false); got.Status != "active" {
+		if got := checkKey(t, e.Do(t, "GET", keysPath(sandboxInst)+"/"+k.ID, "ops", nil).Obj, false); got.Status != "active" {
 			t.Fatalf("guarded key is %s", got.Status)
 		}
 	})
@@ -120,7 +122,7 @@ func TestForbidden(t *testing.T) {
 		e.refused(t, "GET", keysPath(prodInst)+"/"+k.ID, "scoped", nil, 403, "forbidden")
 		e.refused(t, "POST", "/v1/instances", "scoped", map[string]string{"id": "scoped-new", "name": "x", "environment": "sandbox"}, 403, "forbidden")
 		// The prod key is untouched.
-		if got := checkKey(t, e.do(t, "GET", keysPath(prodInst)+"/"+pk.ID, "ops", nil).obj, false); got.Status != "active" {
+		if got := checkKey(t, e.Do(t, "GET", keysPath(prodInst)+"/"+pk.ID, "ops", nil).Obj, false); got.Status != "active" {
 			t.Fatalf("prod key is %s", got.Status)
 		}
 	})
@@ -159,8 +161,8 @@ func TestPermissionMatrix(t *testing.T) {
 				}
 				covers := func(in string) bool { return role.scope == nil || slices.Contains(role.scope, in) }
 
-				want(t, e.do(t, "GET", "/v1/me", role.role, nil), 200, "")
-				ids, _ := listIDs(t, e.do(t, "GET", "/v1/instances", role.role, nil))
+				admintest.Want(t, e.Do(t, "GET", "/v1/me", role.role, nil), 200, "")
+				ids, _ := listIDs(t, e.Do(t, "GET", "/v1/instances", role.role, nil))
 				for _, id := range ids {
 					if !covers(id) {
 						t.Fatalf("lists instance %s outside its scope", id)
@@ -177,7 +179,7 @@ func TestPermissionMatrix(t *testing.T) {
 				newID := fmt.Sprintf("matrix-%d", n)
 				body := map[string]string{"id": newID, "name": "Matrix", "environment": "sandbox"}
 				if has("instance.manage") && covers(newID) {
-					want(t, e.do(t, "POST", "/v1/instances", role.role, body), 201, "")
+					admintest.Want(t, e.Do(t, "POST", "/v1/instances", role.role, body), 201, "")
 				} else {
 					e.refused(t, "POST", "/v1/instances", role.role, body, 403, "forbidden")
 				}
@@ -198,12 +200,12 @@ func TestPermissionMatrix(t *testing.T) {
 								t.Fatalf("%s: %s", what, r)
 							}
 						default:
-							r := e.do(t, c.method, c.path(inst, id), role.role, c.body)
-							if r.status != c.ok {
+							r := e.Do(t, c.method, c.path(inst, id), role.role, c.body)
+							if r.Status != c.ok {
 								t.Fatalf("%s: got %s, want %d", what, r, c.ok)
 							}
 							if c.ok == 201 {
-								checkKey(t, r.obj, true)
+								checkKey(t, r.Obj, true)
 							}
 						}
 					}
@@ -217,31 +219,31 @@ func TestPermissionMatrix(t *testing.T) {
 // as sha256:<hex> authenticates with the clear token.
 func TestTokenNaming(t *testing.T) {
 	eachStore(t, func(t *testing.T, e *apiEnv) {
-		h := sha256.Sum256([]byte(e.tok["unnamed"]))
+		h := sha256.Sum256([]byte(e.Tok["unnamed"]))
 		name := "token-" + hex.EncodeToString(h[:])[:8]
-		r := e.do(t, "GET", "/v1/me", "unnamed", nil)
-		want(t, r, 200, "")
-		if r.obj["name"] != name {
-			t.Fatalf("unnamed token is named %v, want %s", r.obj["name"], name)
+		r := e.Do(t, "GET", "/v1/me", "unnamed", nil)
+		admintest.Want(t, r, 200, "")
+		if r.Obj["name"] != name {
+			t.Fatalf("unnamed token is named %v, want %s", r.Obj["name"], name)
 		}
 		inst := e.newInstance(t, "sandbox")
-		want(t, e.do(t, "POST", keysPath(inst), "unnamed", map[string]string{"name": "by unnamed"}), 201, "")
+		admintest.Want(t, e.Do(t, "POST", keysPath(inst), "unnamed", map[string]string{"name": "by unnamed"}), 201, "")
 		evs := e.events(t, inst)
 		if len(evs) != 1 || evs[0].Actor != name || evs[0].Type != "api_key.created" {
 			t.Fatalf("events %+v, want one api_key.created by %s", evs, name)
 		}
 		// A token given as sha256:<hex> authenticates with the clear token.
-		r = e.do(t, "GET", "/v1/me", "hashed", nil)
-		want(t, r, 200, "")
-		if want := "token-" + tokenSHA(e.tok["hashed"])[:8]; r.obj["name"] != want {
-			t.Fatalf("hashed token is named %v, want %s", r.obj["name"], want)
+		r = e.Do(t, "GET", "/v1/me", "hashed", nil)
+		admintest.Want(t, r, 200, "")
+		if want := "token-" + admintest.TokenSHA(e.Tok["hashed"])[:8]; r.Obj["name"] != want {
+			t.Fatalf("hashed token is named %v, want %s", r.Obj["name"], want)
 		}
-		want(t, e.do(t, "GET", keysPath(sandboxInst), "hashed", nil), 200, "")
+		admintest.Want(t, e.Do(t, "GET", keysPath(sandboxInst), "hashed", nil), 200, "")
 		e.refused(t, "POST", keysPath(sandboxInst), "hashed", map[string]string{"name": "x"}, 403, "forbidden")
 		// The env token (set through {env.*}) works and keeps its name.
-		r = e.do(t, "GET", "/v1/me", "env", nil)
-		if want(t, r, 200, ""); r.obj["name"] != "env-ops" {
-			t.Fatalf("env token named %v", r.obj["name"])
+		r = e.Do(t, "GET", "/v1/me", "env", nil)
+		if admintest.Want(t, r, 200, ""); r.Obj["name"] != "env-ops" {
+			t.Fatalf("env token named %v", r.Obj["name"])
 		}
 	})
 }

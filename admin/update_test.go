@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/keygate/keygate/apikey"
+	"github.com/keygate/keygate/internal/admintest"
 	"github.com/keygate/keygate/store"
 )
 
@@ -131,7 +132,7 @@ func badRestrictions() map[string]map[string]any {
 }
 
 // checkNoEcho fails when an error message repeats a long run of what was sent.
-func checkNoEcho(t *testing.T, r reply) {
+func checkNoEcho(t *testing.T, r admintest.Reply) {
 	t.Helper()
 	if strings.Contains(r.Error.Message, strings.Repeat("x", 60)) || strings.Contains(r.Error.Message, strings.Repeat("é", 60)) {
 		t.Fatalf("the answer echoes the value: %s", r)
@@ -160,13 +161,13 @@ func TestCreateRestrictedKey(t *testing.T) {
 		ips := []string{"192.0.2.7", "10.0.0.0/8", "198.51.100.9", "2001:db8::/32", "2001:db8::1", "203.0.113.5"}
 		meta := map[string]string{"customer": "cus_123", "plan-tier": "gold", "note": "日本"}
 		e.checkRestrictions(t, k, k.Secret, scopes, ips, meta)
-		r := e.do(t, "GET", keyPath(prodInst, k.ID), "reader", nil)
-		want(t, r, 200, "")
-		got := checkKey(t, r.obj, false)
+		r := e.Do(t, "GET", keyPath(prodInst, k.ID), "reader", nil)
+		admintest.Want(t, r, 200, "")
+		got := checkKey(t, r.Obj, false)
 		e.checkRestrictions(t, got, "", scopes, ips, meta)
-		r = e.do(t, "GET", keysPath(prodInst), "reader", nil)
+		r = e.Do(t, "GET", keysPath(prodInst), "reader", nil)
 		listIDs(t, r)
-		first := checkKey(t, r.obj["data"].([]any)[0].(map[string]any), false)
+		first := checkKey(t, r.Obj["data"].([]any)[0].(map[string]any), false)
 		if first.ID != k.ID {
 			t.Fatalf("list starts with %s", first.ID)
 		}
@@ -211,15 +212,15 @@ func TestUpdateKey(t *testing.T) {
 		p := keyPath(sandboxInst, k.ID)
 		patch := func(t *testing.T, body any) keyObj {
 			t.Helper()
-			r := e.do(t, "PATCH", p, "creator", body)
-			want(t, r, 200, "")
-			got := checkKey(t, r.obj, false)
+			r := e.Do(t, "PATCH", p, "creator", body)
+			admintest.Want(t, r, 200, "")
+			got := checkKey(t, r.Obj, false)
 			if got.ID != k.ID || got.Prefix != k.Prefix || *got.CreatedAt != *k.CreatedAt || got.Status != "active" {
 				t.Fatalf("patched key %+v, was %+v", got, k)
 			}
-			g := e.do(t, "GET", p, "reader", nil)
-			want(t, g, 200, "")
-			if again := checkKey(t, g.obj, false); !reflect.DeepEqual(again, got) {
+			g := e.Do(t, "GET", p, "reader", nil)
+			admintest.Want(t, g, 200, "")
+			if again := checkKey(t, g.Obj, false); !reflect.DeepEqual(again, got) {
 				t.Fatalf("GET after PATCH = %+v, PATCH answered %+v", again, got)
 			}
 			return got
@@ -327,8 +328,8 @@ func TestUpdateKey(t *testing.T) {
 		// Nothing else was touched: the other keys and the other instance.
 		other := e.createKey(t, sandboxInst, map[string]any{"name": "bystander"})
 		patch(t, map[string]any{"scopes": []string{"z"}})
-		r := e.do(t, "GET", keyPath(sandboxInst, other.ID), "reader", nil)
-		e.checkRestrictions(t, checkKey(t, r.obj, false), other.Secret, nil, nil, nil)
+		r := e.Do(t, "GET", keyPath(sandboxInst, other.ID), "reader", nil)
+		e.checkRestrictions(t, checkKey(t, r.Obj, false), other.Secret, nil, nil, nil)
 	})
 }
 
@@ -384,8 +385,8 @@ func TestUpdateKeyRefused(t *testing.T) {
 		// A body over 64 KiB.
 		e.refused(t, "PATCH", p, "creator", `{"name":"ok"}`+strings.Repeat(" ", 70000), 413, "request_too_large")
 		// The target is as it was.
-		r := e.do(t, "GET", p, "reader", nil)
-		got := checkKey(t, r.obj, false)
+		r := e.Do(t, "GET", p, "reader", nil)
+		got := checkKey(t, r.Obj, false)
 		if got.Name != "target" {
 			t.Fatalf("target renamed to %q", got.Name)
 		}
@@ -398,7 +399,7 @@ func TestUpdateKeyRefused(t *testing.T) {
 func TestUpdateKeyConflictsAndPaths(t *testing.T) {
 	eachStore(t, func(t *testing.T, e *apiEnv) {
 		k := e.createKey(t, sandboxInst, map[string]any{"name": "revoked soon", "scopes": []string{"a"}})
-		want(t, e.do(t, "DELETE", keyPath(sandboxInst, k.ID), "ops", nil), 200, "")
+		admintest.Want(t, e.Do(t, "DELETE", keyPath(sandboxInst, k.ID), "ops", nil), 200, "")
 		for _, body := range []map[string]any{
 			{"name": "x"}, {"scopes": nil}, {"expires_at": nil}, {"allowed_ips": []string{"192.0.2.1"}}, {"metadata": map[string]string{"a": "b"}},
 		} {
@@ -411,9 +412,9 @@ func TestUpdateKeyConflictsAndPaths(t *testing.T) {
 		e.refused(t, "PATCH", keyPath(sandboxInst, k.ID), "creator", map[string]any{"scopes": []string{}}, 400, "invalid_request")
 		// An expired key may be changed (its expiry too).
 		exp := e.mintKey(t, sandboxInst, time.Now().Add(-time.Minute))
-		r := e.do(t, "PATCH", keyPath(sandboxInst, exp.ID), "creator", map[string]any{"name": "still here"})
-		want(t, r, 200, "")
-		if got := checkKey(t, r.obj, false); got.Name != "still here" || got.Status != "expired" {
+		r := e.Do(t, "PATCH", keyPath(sandboxInst, exp.ID), "creator", map[string]any{"name": "still here"})
+		admintest.Want(t, r, 200, "")
+		if got := checkKey(t, r.Obj, false); got.Name != "still here" || got.Status != "expired" {
 			t.Fatalf("patched expired key %+v", got)
 		}
 
@@ -436,24 +437,24 @@ func TestRollCopiesRestrictions(t *testing.T) {
 		meta := map[string]string{"customer": "cus_9"}
 		old := e.createKey(t, sandboxInst, map[string]any{"name": "roll me", "scopes": scopes, "allowed_ips": ips, "metadata": meta})
 		// Changed after creation: the roll copies the key as it is now.
-		r := e.do(t, "PATCH", keyPath(sandboxInst, old.ID), "creator", map[string]any{"scopes": []string{"charges:read"}})
-		want(t, r, 200, "")
+		r := e.Do(t, "PATCH", keyPath(sandboxInst, old.ID), "creator", map[string]any{"scopes": []string{"charges:read"}})
+		admintest.Want(t, r, 200, "")
 		scopes = []string{"charges:read"}
-		r = e.do(t, "POST", keyPath(sandboxInst, old.ID)+"/roll", "roller", map[string]any{"expire_old_in_seconds": 60, "name": "rolled"})
-		want(t, r, 201, "")
-		nk := checkKey(t, r.obj, true)
+		r = e.Do(t, "POST", keyPath(sandboxInst, old.ID)+"/roll", "roller", map[string]any{"expire_old_in_seconds": 60, "name": "rolled"})
+		admintest.Want(t, r, 201, "")
+		nk := checkKey(t, r.Obj, true)
 		if nk.Name != "rolled" {
 			t.Fatalf("new key %+v", nk)
 		}
 		e.checkRestrictions(t, nk, nk.Secret, scopes, ips, meta)
 		// The old key keeps its own during the grace.
-		g := e.do(t, "GET", keyPath(sandboxInst, old.ID), "reader", nil)
-		e.checkRestrictions(t, checkKey(t, g.obj, false), old.Secret, scopes, ips, meta)
+		g := e.Do(t, "GET", keyPath(sandboxInst, old.ID), "reader", nil)
+		e.checkRestrictions(t, checkKey(t, g.Obj, false), old.Secret, scopes, ips, meta)
 		// An unrestricted key rolls into an unrestricted one.
 		plain := e.createKey(t, sandboxInst, map[string]any{"name": "plain"})
-		r = e.do(t, "POST", keyPath(sandboxInst, plain.ID)+"/roll", "roller", nil)
-		want(t, r, 201, "")
-		pk := checkKey(t, r.obj, true)
+		r = e.Do(t, "POST", keyPath(sandboxInst, plain.ID)+"/roll", "roller", nil)
+		admintest.Want(t, r, 201, "")
+		pk := checkKey(t, r.Obj, true)
 		e.checkRestrictions(t, pk, pk.Secret, nil, nil, nil)
 	})
 }
@@ -463,13 +464,13 @@ func TestUpdateEventInList(t *testing.T) {
 	eachStore(t, func(t *testing.T, e *apiEnv) {
 		inst := e.newInstance(t, "sandbox")
 		k := e.createKey(t, inst, map[string]any{"name": "evented"})
-		want(t, e.do(t, "PATCH", keyPath(inst, k.ID), "env", map[string]any{"metadata": map[string]string{"a": "b"}, "name": "renamed"}), 200, "")
-		r := e.do(t, "GET", "/v1/instances/"+inst+"/events", "reader", nil)
+		admintest.Want(t, e.Do(t, "PATCH", keyPath(inst, k.ID), "env", map[string]any{"metadata": map[string]string{"a": "b"}, "name": "renamed"}), 200, "")
+		r := e.Do(t, "GET", "/v1/instances/"+inst+"/events", "reader", nil)
 		ids, _ := listIDs(t, r)
 		if len(ids) != 2 {
 			t.Fatalf("events %s", r)
 		}
-		data := r.obj["data"].([]any)
+		data := r.Obj["data"].([]any)
 		up, created := data[0].(map[string]any), data[1].(map[string]any)
 		var keys []string
 		for f := range up {

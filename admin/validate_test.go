@@ -137,8 +137,8 @@ func TestBadRequests(t *testing.T) {
 			})
 		}
 		// The target key is untouched by all of that.
-		r := e.do(t, "GET", p+"/"+k.ID, "ops", nil)
-		if got := checkKey(t, r.obj, false); got.Status != "active" || got.ExpiresAt != nil {
+		r := e.Do(t, "GET", p+"/"+k.ID, "ops", nil)
+		if got := checkKey(t, r.Obj, false); got.Status != "active" || got.ExpiresAt != nil {
 			t.Fatalf("target key is now %+v", got)
 		}
 	})
@@ -165,7 +165,7 @@ func TestRequestTooLarge(t *testing.T) {
 		}
 		e.refused(t, "POST", keysPath(sandboxInst), "ops", exact+" ", 413, "request_too_large")
 		// The rolled-at target is untouched.
-		if got := checkKey(t, e.do(t, "GET", keysPath(sandboxInst)+"/"+k.ID, "ops", nil).obj, false); got.Status != "active" || got.ExpiresAt != nil {
+		if got := checkKey(t, e.Do(t, "GET", keysPath(sandboxInst)+"/"+k.ID, "ops", nil).Obj, false); got.Status != "active" || got.ExpiresAt != nil {
 			t.Fatalf("target key is now %+v", got)
 		}
 	})

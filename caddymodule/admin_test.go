@@ -3,9 +3,6 @@ package caddymodule_test
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -15,7 +12,6 @@ import (
 	"reflect"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,6 +19,7 @@ import (
 
 	"github.com/keygate/keygate/admin"
 	"github.com/keygate/keygate/apikey"
+	"github.com/keygate/keygate/internal/admintest"
 	"github.com/keygate/keygate/internal/redistest"
 	"github.com/keygate/keygate/internal/testutil"
 	"github.com/keygate/keygate/store"
@@ -56,24 +53,9 @@ var adminRoles = []struct {
 
 // adminEnv is one running Caddy with a nora_admin site.
 type adminEnv struct {
-	base     string
-	s        store.Store
-	tok      map[string]string // role (and "unnamed", "hashed", "env") → clear token
-	logFiles []string
-	mu       sync.Mutex
-	answers  [][]byte // every answer body and its headers
-	secrets  []string // every key secret the API handed out
-}
-
-func randomToken() string {
-	b := make([]byte, 16)
-	rand.Read(b)
-	return hex.EncodeToString(b)
-}
-
-func tokenSHA(tok string) string {
-	h := sha256.Sum256([]byte(tok))
-	return hex.EncodeToString(h[:])
+	*admintest.Client // Tok: role (and "unnamed", "hashed", "env") → clear token
+	s                 store.Store
+	logFiles          []string
 }
 
 func keysPath(instance string) string { return "/v1/instances/" + instance + "/keys" }
@@ -83,20 +65,20 @@ func keysPath(instance string) string { return "/v1/instances/" + instance + "/k
 // logging (main log at DEBUG, access log) to files.
 func startAdmin(t *testing.T) *adminEnv {
 	t.Helper()
-	e := &adminEnv{tok: map[string]string{}}
+	e := &adminEnv{Client: &admintest.Client{Tok: map[string]string{}}}
 	for _, r := range adminRoles {
-		e.tok[r.role] = randomToken()
+		e.Tok[r.role] = admintest.RandomToken()
 	}
-	e.tok["unnamed"] = randomToken()
-	e.tok["hashed"] = randomToken()
-	e.tok["env"] = randomToken()
-	t.Setenv(envTokenVar, e.tok["env"])
+	e.Tok["unnamed"] = admintest.RandomToken()
+	e.Tok["hashed"] = admintest.RandomToken()
+	e.Tok["env"] = admintest.RandomToken()
+	t.Setenv(envTokenVar, e.Tok["env"])
 
 	dir := t.TempDir()
 	mainLog, accessLog := filepath.Join(dir, "caddy.log"), filepath.Join(dir, "access.log")
 	e.logFiles = []string{mainLog, accessLog}
 	port := redistest.FreePort(t)
-	e.base = fmt.Sprintf("http://127.0.0.1:%d", port)
+	e.Base = fmt.Sprintf("http://127.0.0.1:%d", port)
 
 	var b strings.Builder
 	fmt.Fprintf(&b, `{
@@ -121,14 +103,14 @@ http://127.0.0.1:%d {
 	nora_admin {
 `, mainLog, filepath.Join(dir, "keys.db"), sandboxInst, prodInst, port, accessLog)
 	for _, r := range adminRoles {
-		fmt.Fprintf(&b, "\t\ttoken %s %s {\n\t\t\tname %s\n", e.tok[r.role], strings.Join(r.perms, " "), r.role)
+		fmt.Fprintf(&b, "\t\ttoken %s %s {\n\t\t\tname %s\n", e.Tok[r.role], strings.Join(r.perms, " "), r.role)
 		if r.scope != nil {
 			fmt.Fprintf(&b, "\t\t\tinstances %s\n", strings.Join(r.scope, " "))
 		}
 		b.WriteString("\t\t}\n")
 	}
-	fmt.Fprintf(&b, "\t\ttoken %s apiKey.read apiKey.create\n", e.tok["unnamed"])
-	fmt.Fprintf(&b, "\t\ttoken sha256:%s apiKey.read\n", tokenSHA(e.tok["hashed"]))
+	fmt.Fprintf(&b, "\t\ttoken %s apiKey.read apiKey.create\n", e.Tok["unnamed"])
+	fmt.Fprintf(&b, "\t\ttoken sha256:%s apiKey.read\n", admintest.TokenSHA(e.Tok["hashed"]))
 	fmt.Fprintf(&b, "\t\ttoken {env.%s} %s {\n\t\t\tname env-ops\n\t\t}\n", envTokenVar, strings.Join(allPerms, " "))
 	b.WriteString("\t}\n}\n")
 
@@ -173,125 +155,13 @@ func adaptNoPersist(t *testing.T, caddyfile string) []byte {
 	return cfg
 }
 
-// reply is an answer of the admin endpoint.
-type reply struct {
-	status int
-	header http.Header
-	body   []byte
-	obj    map[string]any
-	Error  struct {
-		Type    string `json:"type"`
-		Code    string `json:"code"`
-		Message string `json:"message"`
-	} `json:"error"`
-}
-
-func (r reply) String() string {
-	b := bytes.TrimSpace(r.body)
-	if len(b) > 600 {
-		return fmt.Sprintf("%d %s… (%d bytes)", r.status, b[:600], len(b))
-	}
-	return fmt.Sprintf("%d %s", r.status, b)
-}
-
-// send makes one request. body: nil (none), string or []byte (sent as is), anything else
-// (sent as JSON).
-func (e *adminEnv) send(t *testing.T, method, path string, body any, header http.Header) reply {
-	t.Helper()
-	var rd io.Reader
-	switch b := body.(type) {
-	case nil:
-	case string:
-		rd = strings.NewReader(b)
-	case []byte:
-		rd = bytes.NewReader(b)
-	default:
-		j, err := json.Marshal(b)
-		if err != nil {
-			t.Fatal(err)
-		}
-		rd = bytes.NewReader(j)
-	}
-	req, err := http.NewRequest(method, e.base+path, rd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if rd != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	for k, vs := range header {
-		for _, v := range vs {
-			req.Header.Add(k, v)
-		}
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, path, err)
-	}
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := reply{status: resp.StatusCode, header: resp.Header, body: raw}
-	var hdr bytes.Buffer
-	resp.Header.Write(&hdr)
-	e.mu.Lock()
-	e.answers = append(e.answers, raw, hdr.Bytes())
-	e.mu.Unlock()
-	if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
-		t.Fatalf("%s %s: Content-Type %q (%s)", method, path, ct, r)
-	}
-	if err := json.Unmarshal(raw, &r.obj); err != nil {
-		t.Fatalf("%s %s: answer is not a JSON object: %q", method, path, raw)
-	}
-	json.Unmarshal(raw, &r)
-	if r.status >= 400 && path != "/healthz" {
-		if r.Error.Type == "" || r.Error.Code == "" || r.Error.Message == "" || len(r.obj) != 1 {
-			t.Fatalf("%s %s: error answer not of the error shape: %s", method, path, r)
-		}
-		if r.status == http.StatusUnauthorized && resp.Header.Get("WWW-Authenticate") == "" {
-			t.Fatalf("%s %s: 401 without WWW-Authenticate", method, path)
-		}
-	}
-	if s, ok := r.obj["secret"].(string); ok {
-		e.mu.Lock()
-		e.secrets = append(e.secrets, s)
-		e.mu.Unlock()
-	}
-	return r
-}
-
-func bearer(tok string) http.Header { return http.Header{"Authorization": {"Bearer " + tok}} }
-
-// do sends a request with the token of role ("" for none).
-func (e *adminEnv) do(t *testing.T, method, path, role string, body any) reply {
-	t.Helper()
-	h := http.Header{}
-	if role != "" {
-		tok, ok := e.tok[role]
-		if !ok {
-			t.Fatalf("no token for role %q", role)
-		}
-		h = bearer(tok)
-	}
-	return e.send(t, method, path, body, h)
-}
-
-func want(t *testing.T, r reply, status int, code string) {
-	t.Helper()
-	if r.status != status || (code != "" && r.Error.Code != code) {
-		t.Fatalf("got %s; want %d %s", r, status, code)
-	}
-}
-
 func TestAdminThroughCaddy(t *testing.T) {
 	e := startAdmin(t)
 
 	t.Run("healthz", func(t *testing.T) {
-		r := e.do(t, "GET", "/healthz", "", nil)
-		want(t, r, 200, "")
-		if !reflect.DeepEqual(r.obj, map[string]any{"status": "ok"}) {
+		r := e.Do(t, "GET", "/healthz", "", nil)
+		admintest.Want(t, r, 200, "")
+		if !reflect.DeepEqual(r.Obj, map[string]any{"status": "ok"}) {
 			t.Fatalf("healthz answered %s", r)
 		}
 	})
@@ -307,50 +177,50 @@ func TestAdminThroughCaddy(t *testing.T) {
 			{"nothing", "nothing", []string{}, []string{"*"}},
 			{"scoped", "scoped", allPerms, []string{sandboxInst}},
 			{"env", "env-ops", allPerms, []string{"*"}},
-			{"unnamed", "token-" + tokenSHA(e.tok["unnamed"])[:8], []string{"apiKey.read", "apiKey.create"}, []string{"*"}},
-			{"hashed", "token-" + tokenSHA(e.tok["hashed"])[:8], []string{"apiKey.read"}, []string{"*"}},
+			{"unnamed", "token-" + admintest.TokenSHA(e.Tok["unnamed"])[:8], []string{"apiKey.read", "apiKey.create"}, []string{"*"}},
+			{"hashed", "token-" + admintest.TokenSHA(e.Tok["hashed"])[:8], []string{"apiKey.read"}, []string{"*"}},
 		} {
-			r := e.do(t, "GET", "/v1/me", tc.role, nil)
-			want(t, r, 200, "")
+			r := e.Do(t, "GET", "/v1/me", tc.role, nil)
+			admintest.Want(t, r, 200, "")
 			var me struct {
 				Name        string   `json:"name"`
 				Permissions []string `json:"permissions"`
 				Instances   []string `json:"instances"`
 			}
-			json.Unmarshal(r.body, &me)
+			json.Unmarshal(r.Body, &me)
 			if me.Name != tc.name || !slices.Equal(me.Permissions, tc.perms) || !slices.Equal(me.Instances, tc.instances) ||
-				me.Permissions == nil || len(r.obj) != 3 {
+				me.Permissions == nil || len(r.Obj) != 3 {
 				t.Fatalf("%s: /v1/me = %s", tc.role, r)
 			}
 		}
 		// The permissions and the scope are enforced, and a wrong token is refused.
-		want(t, e.do(t, "POST", keysPath(sandboxInst), "hashed", map[string]string{"name": "x"}), 403, "forbidden")
-		want(t, e.do(t, "GET", keysPath(prodInst), "scoped", nil), 403, "forbidden")
-		want(t, e.send(t, "GET", "/v1/me", nil, bearer(randomToken())), 401, "unauthorized")
-		want(t, e.send(t, "GET", "/v1/me", nil, bearer("sha256:"+tokenSHA(e.tok["hashed"]))), 401, "unauthorized")
+		admintest.Want(t, e.Do(t, "POST", keysPath(sandboxInst), "hashed", map[string]string{"name": "x"}), 403, "forbidden")
+		admintest.Want(t, e.Do(t, "GET", keysPath(prodInst), "scoped", nil), 403, "forbidden")
+		admintest.Want(t, e.Send(t, "GET", "/v1/me", nil, admintest.Bearer(admintest.RandomToken())), 401, "unauthorized")
+		admintest.Want(t, e.Send(t, "GET", "/v1/me", nil, admintest.Bearer("sha256:"+admintest.TokenSHA(e.Tok["hashed"]))), 401, "unauthorized")
 	})
 
 	t.Run("create, list, revoke", func(t *testing.T) {
-		r := e.do(t, "POST", keysPath(sandboxInst), "ops", map[string]string{"name": "through caddy"})
-		want(t, r, 201, "")
-		secret, _ := r.obj["secret"].(string)
-		id, _ := r.obj["id"].(string)
-		if !strings.HasPrefix(secret, "sk_test_") || r.obj["name"] != "through caddy" || r.obj["status"] != "active" {
+		r := e.Do(t, "POST", keysPath(sandboxInst), "ops", map[string]string{"name": "through caddy"})
+		admintest.Want(t, r, 201, "")
+		secret, _ := r.Obj["secret"].(string)
+		id, _ := r.Obj["id"].(string)
+		if !strings.HasPrefix(secret, "sk_test_") || r.Obj["name"] != "through caddy" || r.Obj["status"] != "active" {
 			t.Fatalf("created %s", r)
 		}
 		l, err := e.s.LookupHash(context.Background(), apikey.Hasher{}.Sum(secret))
 		if err != nil || l.ID != id || l.Instance != sandboxInst {
 			t.Fatalf("lookup of the new secret: %+v, %v", l, err)
 		}
-		r = e.do(t, "GET", keysPath(sandboxInst), "reader", nil)
-		want(t, r, 200, "")
-		data, _ := r.obj["data"].([]any)
+		r = e.Do(t, "GET", keysPath(sandboxInst), "reader", nil)
+		admintest.Want(t, r, 200, "")
+		data, _ := r.Obj["data"].([]any)
 		if len(data) != 1 || data[0].(map[string]any)["id"] != id || data[0].(map[string]any)["secret"] != nil {
 			t.Fatalf("list = %s", r)
 		}
-		r = e.do(t, "DELETE", keysPath(sandboxInst)+"/"+id, "ops", nil)
-		want(t, r, 200, "")
-		if r.obj["status"] != "revoked" {
+		r = e.Do(t, "DELETE", keysPath(sandboxInst)+"/"+id, "ops", nil)
+		admintest.Want(t, r, 200, "")
+		if r.Obj["status"] != "revoked" {
 			t.Fatalf("revoked %s", r)
 		}
 		if l, err := e.s.LookupHash(context.Background(), apikey.Hasher{}.Sum(secret)); err != nil || l.RevokedAt.IsZero() {
@@ -368,7 +238,7 @@ func TestAdminThroughCaddy(t *testing.T) {
 			{"/app.js", "javascript"},
 			{"/style.css", "text/css"},
 		} {
-			resp, err := http.Get(e.base + tc.path)
+			resp, err := http.Get(e.Base + tc.path)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -387,14 +257,9 @@ func TestAdminThroughCaddy(t *testing.T) {
 	})
 
 	t.Run("no token in answers or logs", func(t *testing.T) {
-		var secrets []string
-		for _, tok := range e.tok {
-			secrets = append(secrets, tok)
-		}
-		e.mu.Lock()
-		answers := bytes.Join(e.answers, []byte("\n"))
-		keySecrets := append([]string(nil), e.secrets...)
-		e.mu.Unlock()
+		secrets := e.Tokens()
+		answers := e.Answers()
+		keySecrets := e.Secrets()
 		for _, s := range secrets {
 			if bytes.Contains(answers, []byte(s)) {
 				t.Fatal("an answer carries an admin token")
@@ -415,15 +280,8 @@ func TestAdminThroughCaddy(t *testing.T) {
 				t.Fatalf("access log %s does not hold the requests", f)
 			}
 			for _, s := range append(secrets, keySecrets...) {
-				if bytes.Contains(logs, []byte(s)) {
-					line := logs[:0]
-					for _, l := range bytes.Split(logs, []byte("\n")) {
-						if bytes.Contains(l, []byte(s)) {
-							line = l
-							break
-						}
-					}
-					t.Fatalf("log %s carries a secret: %.300s", filepath.Base(f), bytes.ReplaceAll(line, []byte(s), []byte("<SECRET>")))
+				if line, ok := admintest.LineWith(logs, s); ok {
+					t.Fatalf("log %s carries a secret: %.300s", filepath.Base(f), line)
 				}
 			}
 		}
@@ -531,31 +389,31 @@ func TestAdminConfig(t *testing.T) {
 		os.Unsetenv(v)
 		port := redistest.FreePort(t)
 		loadNoPersist(t, global(t)+fmt.Sprintf("http://127.0.0.1:%d {\n\tnora_admin {\n\t\ttoken {env.%s} apiKey.read apiKey.create\n\t}\n}\n", port, v))
-		e := &adminEnv{base: fmt.Sprintf("http://127.0.0.1:%d", port), tok: map[string]string{}}
-		for _, h := range []http.Header{{}, bearer("anything-at-all-0123456789"), bearer("")} {
-			r := e.send(t, "GET", "/v1/me", nil, h)
-			want(t, r, 503, "admin_disabled")
+		e := &admintest.Client{Base: fmt.Sprintf("http://127.0.0.1:%d", port), Tok: map[string]string{}}
+		for _, h := range []http.Header{{}, admintest.Bearer("anything-at-all-0123456789"), admintest.Bearer("")} {
+			r := e.Send(t, "GET", "/v1/me", nil, h)
+			admintest.Want(t, r, 503, "admin_disabled")
 			if !strings.Contains(r.Error.Message, v) {
 				t.Fatalf("message %q does not say what to set", r.Error.Message)
 			}
 		}
-		want(t, e.send(t, "POST", keysPath(sandboxInst), `{"name":"x"}`, bearer("")), 503, "admin_disabled")
-		want(t, e.send(t, "GET", "/healthz", nil, nil), 200, "")
+		admintest.Want(t, e.Send(t, "POST", keysPath(sandboxInst), `{"name":"x"}`, admintest.Bearer("")), 503, "admin_disabled")
+		admintest.Want(t, e.Send(t, "GET", "/healthz", nil, nil), 200, "")
 	})
 
 	t.Run("unset env token beside a set one", func(t *testing.T) {
 		const v = "KEYGATE_TEST_UNSET_ADMIN_TOKEN2"
 		t.Setenv(v, "")
 		os.Unsetenv(v)
-		tok := randomToken()
+		tok := admintest.RandomToken()
 		port := redistest.FreePort(t)
 		loadNoPersist(t, global(t)+fmt.Sprintf("http://127.0.0.1:%d {\n\tnora_admin {\n\t\ttoken {env.%s} apiKey.read\n\t\ttoken %s apiKey.read {\n\t\t\tname set\n\t\t}\n\t}\n}\n", port, v, tok))
-		e := &adminEnv{base: fmt.Sprintf("http://127.0.0.1:%d", port)}
-		r := e.send(t, "GET", "/v1/me", nil, bearer(tok))
-		if want(t, r, 200, ""); r.obj["name"] != "set" {
+		e := &admintest.Client{Base: fmt.Sprintf("http://127.0.0.1:%d", port)}
+		r := e.Send(t, "GET", "/v1/me", nil, admintest.Bearer(tok))
+		if admintest.Want(t, r, 200, ""); r.Obj["name"] != "set" {
 			t.Fatalf("me = %s", r)
 		}
-		want(t, e.send(t, "GET", "/v1/me", nil, http.Header{}), 401, "unauthorized")
+		admintest.Want(t, e.Send(t, "GET", "/v1/me", nil, http.Header{}), 401, "unauthorized")
 	})
 }
 
@@ -564,7 +422,7 @@ func TestAdminConfig(t *testing.T) {
 // app's start and is answered, and the endpoint works from then on.
 func TestAdminBeforeStoreOpens(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "keys.db")
-	tok := randomToken()
+	tok := admintest.RandomToken()
 	port := redistest.FreePort(t)
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
 	cfg := adaptNoPersist(t, fmt.Sprintf(`{
