@@ -106,6 +106,9 @@ type NewKey struct {
 	AllowedIPs []string
 	// Metadata: nil or empty for none.
 	Metadata map[string]string
+	// RateLimit and Quota: nil for none.
+	RateLimit *RateLimit
+	Quota     *Quota
 }
 
 // CreateKeyWith creates a key with the name, expiry and restrictions of nk. A restriction
@@ -128,6 +131,12 @@ func (c *Client) CreateKeyWith(ctx context.Context, instance string, nk NewKey) 
 	if len(nk.Metadata) > 0 {
 		body["metadata"] = nk.Metadata
 	}
+	if nk.RateLimit != nil {
+		body["rate_limit"] = nk.RateLimit
+	}
+	if nk.Quota != nil {
+		body["quota"] = nk.Quota
+	}
 	var out Key
 	err = c.do(ctx, http.MethodPost, p, nil, body, &out)
 	return out, err
@@ -144,6 +153,9 @@ type KeyChanges struct {
 	AllowedIPs *[]string
 	// Metadata replaces the whole object: a pointer to nil or to an empty map clears it.
 	Metadata *map[string]string
+	// RateLimit and Quota: a pointer to nil removes them.
+	RateLimit **RateLimit
+	Quota     **Quota
 }
 
 // UpdateKey changes some fields of a key (permission apiKey.create) and returns it.
@@ -175,6 +187,12 @@ func (c *Client) UpdateKey(ctx context.Context, instance, id string, ch KeyChang
 			m = map[string]string{}
 		}
 		body["metadata"] = m
+	}
+	if ch.RateLimit != nil {
+		body["rate_limit"] = *ch.RateLimit // nil is sent as null
+	}
+	if ch.Quota != nil {
+		body["quota"] = *ch.Quota
 	}
 	var out Key
 	err = c.do(ctx, http.MethodPatch, p, nil, body, &out)

@@ -201,14 +201,15 @@ func (e *apiEnv) snapshot(t *testing.T) string {
 			}
 			for _, k := range keys {
 				nKeys++
-				fmt.Fprintf(&b, "key %s %s %q %s %x %d %d %d %d %q %v %v\n", k.ID, k.Instance, k.Name, k.Prefix, k.Hash,
+				fmt.Fprintf(&b, "key %s %s %q %s %x %d %d %d %d %q %v %v %s\n", k.ID, k.Instance, k.Name, k.Prefix, k.Hash,
 					store.Millis(k.CreatedAt), store.Millis(k.ExpiresAt), store.Millis(k.RevokedAt), store.Millis(k.LastUsedAt),
-					k.Scopes, k.AllowedIPs, k.Metadata)
+					k.Scopes, k.AllowedIPs, k.Metadata, limitsText(k.RateLimit, k.Quota))
 				l, err := e.s.LookupHash(ctx, k.Hash)
 				if err != nil {
 					t.Fatal(err)
 				}
-				fmt.Fprintf(&b, "  lookup %s %d %d %q %v %v\n", l.ID, store.Millis(l.ExpiresAt), store.Millis(l.RevokedAt), l.Scopes, l.AllowedIPs, l.Metadata)
+				fmt.Fprintf(&b, "  lookup %s %d %d %q %v %v %s\n", l.ID, store.Millis(l.ExpiresAt), store.Millis(l.RevokedAt), l.Scopes, l.AllowedIPs, l.Metadata,
+					limitsText(l.RateLimit, l.Quota))
 				after = k.ID
 			}
 			if !more {
@@ -272,11 +273,16 @@ type keyObj struct {
 	Scopes      []string          `json:"scopes"`
 	AllowedIPs  []string          `json:"allowed_ips"`
 	Metadata    map[string]string `json:"metadata"`
+	RateLimit   *admin.RateLimit  `json:"rate_limit"`
+	Quota       *admin.Quota      `json:"quota"`
+	QuotaUsed   *int64            `json:"quota_used"`
+	QuotaResets *string           `json:"quota_resets_at"`
 	Secret      string            `json:"secret"`
 }
 
 var keyFields = []string{"object", "id", "instance", "environment", "name", "prefix", "status",
-	"created_at", "expires_at", "revoked_at", "last_used_at", "scopes", "allowed_ips", "metadata"}
+	"created_at", "expires_at", "revoked_at", "last_used_at", "scopes", "allowed_ips", "metadata",
+	"rate_limit", "quota", "quota_used", "quota_resets_at"}
 
 var keyIDRe = regexp.MustCompile(`^key_[0-9A-Za-z]{8,}$`)
 
@@ -370,6 +376,7 @@ func checkKey(t *testing.T, obj map[string]any, withSecret bool) keyObj {
 			}
 		}
 	}
+	checkLimitFields(t, obj, k)
 	if withSecret {
 		env, err := apikey.Parse(k.Secret)
 		if err != nil {

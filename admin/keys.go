@@ -33,6 +33,16 @@ type Key struct {
 	AllowedIPs []string `json:"allowed_ips"`
 	// Metadata is never null in an answer: {} when the key has none.
 	Metadata map[string]string `json:"metadata"`
+	// RateLimit and Quota limit the key's requests; nil (null): no limit.
+	RateLimit *RateLimit `json:"rate_limit"`
+	Quota     *Quota     `json:"quota"`
+	// QuotaUsed is how much of the current period's quota gateways have taken (they lease
+	// units ahead of use, so it may run slightly ahead of the requests served); null
+	// without a quota.
+	QuotaUsed *int64 `json:"quota_used"`
+	// QuotaResetsAt is the end of the quota's current period; null for a "total" quota and
+	// without a quota.
+	QuotaResetsAt *time.Time `json:"quota_resets_at"`
 	// Secret is set only in the answer to a create or roll.
 	Secret string `json:"secret,omitempty"`
 }
@@ -58,7 +68,8 @@ func keyJSON(k store.Key, now time.Time) Key {
 		Name: k.Name, Prefix: k.Prefix, Status: string(k.Status(now)),
 		CreatedAt: timePtr(k.CreatedAt), ExpiresAt: timePtr(k.ExpiresAt),
 		RevokedAt: timePtr(k.RevokedAt), LastUsedAt: timePtr(k.LastUsedAt),
-		Scopes: scopesJSON(k.Scopes), AllowedIPs: allowedIPsJSON(k.AllowedIPs), Metadata: metadataJSON(k.Metadata)}
+		Scopes: scopesJSON(k.Scopes), AllowedIPs: allowedIPsJSON(k.AllowedIPs), Metadata: metadataJSON(k.Metadata),
+		RateLimit: rateLimitJSON(k.RateLimit), Quota: quotaJSON(k.Quota)}
 }
 
 func (a *API) listKeys(w http.ResponseWriter, r *http.Request, t *Token) error {
@@ -79,8 +90,13 @@ func (a *API) listKeys(w http.ResponseWriter, r *http.Request, t *Token) error {
 		return err
 	}
 	out := List[Key]{Object: "list", Data: make([]Key, 0, len(keys)), HasMore: more}
+	// One read of the store per key with a quota (at most 1000 a page).
 	for _, k := range keys {
-		out.Data = append(out.Data, keyJSON(k, now))
+		kj, err := a.keyWithUse(ctx, k, now, false)
+		if err != nil {
+			return err
+		}
+		out.Data = append(out.Data, kj)
 	}
 	writeJSON(w, http.StatusOK, out)
 	return nil
@@ -97,6 +113,8 @@ func (a *API) createKey(w http.ResponseWriter, r *http.Request, t *Token) error 
 		Scopes     json.RawMessage `json:"scopes"`
 		AllowedIPs json.RawMessage `json:"allowed_ips"`
 		Metadata   json.RawMessage `json:"metadata"`
+		RateLimit  json.RawMessage `json:"rate_limit"`
+		Quota      json.RawMessage `json:"quota"`
 	}
 	if err := decode(w, r, &body); err != nil {
 		return err
@@ -112,7 +130,7 @@ func (a *API) createKey(w http.ResponseWriter, r *http.Request, t *Token) error 
 	if err != nil {
 		return err
 	}
-	// Absent and null are the same here: unrestricted, no metadata.
+	// Absent and null are the same here: unrestricted, no metadata, no limits.
 	var restricted store.Key
 	if body.Scopes != nil {
 		if restricted.Scopes, err = parseScopes(body.Scopes); err != nil {
@@ -129,6 +147,16 @@ func (a *API) createKey(w http.ResponseWriter, r *http.Request, t *Token) error 
 			return err
 		}
 	}
+	if body.RateLimit != nil {
+		if restricted.RateLimit, err = parseRateLimit(body.RateLimit); err != nil {
+			return err
+		}
+	}
+	if body.Quota != nil {
+		if restricted.Quota, err = parseQuota(body.Quota); err != nil {
+			return err
+		}
+	}
 	ctx, cancel := a.ctx(r)
 	defer cancel()
 	in, err := a.instance(ctx, instance)
@@ -140,6 +168,7 @@ func (a *API) createKey(w http.ResponseWriter, r *http.Request, t *Token) error 
 		return err
 	}
 	k.Scopes, k.AllowedIPs, k.Metadata = restricted.Scopes, restricted.AllowedIPs, restricted.Metadata
+	k.RateLimit, k.Quota = restricted.RateLimit, restricted.Quota
 	if err := a.Store.CreateKey(ctx, k); err != nil {
 		return err
 	}
@@ -172,7 +201,11 @@ func (a *API) getKey(w http.ResponseWriter, r *http.Request, t *Token) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, keyJSON(k, a.Now()))
+	out, err := a.keyWithUse(ctx, k, a.Now(), false)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, out)
 	return nil
 }
 
@@ -194,7 +227,8 @@ func (a *API) revokeKey(w http.ResponseWriter, r *http.Request, t *Token) error 
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, keyJSON(k, now))
+	out, _ := a.keyWithUse(ctx, k, now, true)
+	writeJSON(w, http.StatusOK, out)
 	return nil
 }
 
@@ -255,8 +289,10 @@ func (a *API) rollKey(w http.ResponseWriter, r *http.Request, t *Token) error {
 	if err != nil {
 		return err
 	}
-	// The replacement may do what the old key could, no more and no less.
+	// The replacement may do what the old key could, no more and no less, within the same
+	// limits. Its quota is counted afresh: quota counters belong to a key (its id).
 	next.Scopes, next.AllowedIPs, next.Metadata = old.Scopes, old.AllowedIPs, old.Metadata
+	next.RateLimit, next.Quota = old.RateLimit, old.Quota
 	ev, err := newEvent(store.EventKeyRolled, instance, id, next.ID, t.Name, now)
 	if err != nil {
 		return err
@@ -273,8 +309,9 @@ func (a *API) rollKey(w http.ResponseWriter, r *http.Request, t *Token) error {
 		return err
 	}
 	// An update of the old key between the read above and the roll would otherwise leave
-	// the replacement with the restrictions it had before (a narrowed scope list lost): give
-	// the replacement the old key's restrictions as the roll found them.
+	// the replacement with the restrictions it had before (a narrowed scope list or a lowered
+	// limit lost): give the replacement the old key's restrictions and limits as the roll
+	// found them.
 	if u, changed := sameRestrictions(cur, next); changed {
 		if next, err = a.Store.UpdateKey(ctx, instance, next.ID, u, nil); err != nil {
 			return err
@@ -284,10 +321,11 @@ func (a *API) rollKey(w http.ResponseWriter, r *http.Request, t *Token) error {
 	return nil
 }
 
-// sameRestrictions returns the update that gives next the restrictions of old, and whether
-// one is needed.
+// sameRestrictions returns the update that gives next the restrictions and limits of old,
+// and whether one is needed.
 func sameRestrictions(old, next store.Key) (store.KeyUpdate, bool) {
-	u := store.KeyUpdate{Scopes: &old.Scopes, AllowedIPs: &old.AllowedIPs, Metadata: &old.Metadata}
+	u := store.KeyUpdate{Scopes: &old.Scopes, AllowedIPs: &old.AllowedIPs, Metadata: &old.Metadata,
+		RateLimit: &old.RateLimit, Quota: &old.Quota}
 	_, changed := u.Apply(next)
 	return u, len(changed) > 0
 }
@@ -322,9 +360,15 @@ func newEvent(typ, instance, keyID, newKeyID, actor string, at time.Time) (store
 	return store.Event{ID: id, Type: typ, Instance: instance, KeyID: keyID, NewKeyID: newKeyID, Actor: actor, CreatedAt: at}, nil
 }
 
-// writeCreated answers a create or roll: 201, the new key and, this once, its secret.
+// writeCreated answers a create or roll: 201, the new key and, this once, its secret. A new
+// key has used none of its quota (its counters are its own).
 func writeCreated(w http.ResponseWriter, k store.Key, secret string, now time.Time) {
 	out := keyJSON(k, now)
+	if k.Quota != nil {
+		var zero int64
+		_, end, _ := store.QuotaPeriod(*k.Quota, now)
+		out.QuotaUsed, out.QuotaResetsAt = &zero, timePtr(end)
+	}
 	out.Secret = secret
 	writeJSON(w, http.StatusCreated, out)
 }

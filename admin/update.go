@@ -27,6 +27,8 @@ func (a *API) updateKey(w http.ResponseWriter, r *http.Request, t *Token) error 
 		Scopes     json.RawMessage `json:"scopes"`
 		AllowedIPs json.RawMessage `json:"allowed_ips"`
 		Metadata   json.RawMessage `json:"metadata"`
+		RateLimit  json.RawMessage `json:"rate_limit"`
+		Quota      json.RawMessage `json:"quota"`
 	}
 	if err := decode(w, r, &body); err != nil {
 		return err
@@ -77,8 +79,22 @@ func (a *API) updateKey(w http.ResponseWriter, r *http.Request, t *Token) error 
 		}
 		u.Metadata = &m
 	}
+	if body.RateLimit != nil {
+		rl, err := parseRateLimit(body.RateLimit)
+		if err != nil {
+			return err
+		}
+		u.RateLimit = &rl
+	}
+	if body.Quota != nil {
+		q, err := parseQuota(body.Quota)
+		if err != nil {
+			return err
+		}
+		u.Quota = &q
+	}
 	if u == (store.KeyUpdate{}) {
-		return errInvalid("Nothing to update: give at least one of name, expires_at, scopes, allowed_ips, metadata.")
+		return errInvalid("Nothing to update: give at least one of name, expires_at, scopes, allowed_ips, metadata, rate_limit, quota.")
 	}
 	ctx, cancel := a.ctx(r)
 	defer cancel()
@@ -92,6 +108,7 @@ func (a *API) updateKey(w http.ResponseWriter, r *http.Request, t *Token) error 
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, keyJSON(k, now))
+	out, _ := a.keyWithUse(ctx, k, now, true)
+	writeJSON(w, http.StatusOK, out)
 	return nil
 }

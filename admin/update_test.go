@@ -127,7 +127,7 @@ func badRestrictions() map[string]map[string]any {
 		"metadata a list":        {"metadata": []string{"a"}},
 		"metadata a string":      {"metadata": "a=b"},
 		"Scopes spelled wrong":   {"Scopes": []string{"a"}},
-		"unknown field":          {"rate_limit": 10},
+		"unknown field":          {"rate_limits": 10},
 	}
 }
 

@@ -52,26 +52,34 @@ The admin token is read from the NORA_ADMIN_TOKEN environment variable only
 
   keygate keys create --instance ID --name NAME [--expires DATE]
                       [--scope S]... [--allow-ip CIDR]... [--meta NAME=VALUE]...
+                      [--rate-limit N/DURATION] [--quota N/day|month|total]
       Prints only the new secret on stdout (a summary goes to stderr). The
       secret is shown once. DATE is YYYY-MM-DD (the key stops at 00:00 UTC
       that day; tomorrow at the earliest) or an RFC 3339 time. --scope limits
       the key to routes requiring those scopes (charges:read, charges:*),
       --allow-ip to those client addresses or CIDR prefixes; --meta attaches
-      metadata passed upstream. Each may be repeated.
+      metadata passed upstream. Each may be repeated. --rate-limit allows at
+      most N requests per DURATION across all gateways (100/1s, 1000/1m, 50/s;
+      1 to 1000000 per 1s to 24h); --quota at most N successful requests per
+      UTC day, per UTC month or in total (100000/month).
 
   keygate keys update --instance ID KEY_ID [--name NAME] [--expires DATE|never]
                       [--scope S]... | [--no-scopes]
                       [--allow-ip CIDR]... | [--any-ip]
                       [--meta NAME=VALUE]... | [--no-meta]
+                      [--rate-limit N/DURATION] | [--no-rate-limit]
+                      [--quota N/day|month|total] | [--no-quota]
       Changes only what is given: --scope and --allow-ip replace the whole
       list, --meta the whole metadata; --no-scopes, --any-ip and --no-meta
-      lift the restriction or clear the metadata. Prints the key.
+      lift the restriction or clear the metadata; --no-rate-limit and
+      --no-quota remove the limit. Prints the key.
 
   keygate keys list --instance ID [--status active|expired|revoked]
                     [--limit N [--starting-after KEY_ID]]
       A table of the instance's keys, newest first; all of them, page after
       page, unless --limit asks for one page. RESTRICTED counts a key's
-      scopes and allowed addresses ("-": none).
+      scopes and allowed addresses ("-": none); LIMITS shows its rate limit
+      (100/1s) and its quota use (1234/10000 today, this month or in total).
 
   keygate keys revoke --instance ID KEY_ID
       Prints "revoked KEY_ID (name)". Revoking a revoked key succeeds.
@@ -209,8 +217,9 @@ func (c *keysCLI) subcommand(cmd *cobra.Command, instance *string, run func(cmd 
 func (c *keysCLI) createCmd() *cobra.Command {
 	var instance, name, expires string
 	var r restrictionFlags
+	var l limitFlags
 	cmd := c.subcommand(&cobra.Command{
-		Use:   "create --instance ID --name NAME [--expires DATE] [--scope S]... [--allow-ip CIDR]... [--meta NAME=VALUE]...",
+		Use:   "create --instance ID --name NAME [--expires DATE] [--scope S]... [--allow-ip CIDR]... [--meta NAME=VALUE]... [--rate-limit N/DURATION] [--quota N/PERIOD]",
 		Short: "Creates a key and prints its secret (shown once)",
 		Long: `Creates an API key in an instance. Only the secret goes to standard output
 (with --json: the key object including "secret"); a summary goes to standard
@@ -236,6 +245,12 @@ error. The secret is shown once and cannot be retrieved later.`,
 		if nk.Metadata, err = r.metadata(); err != nil {
 			return err
 		}
+		if nk.RateLimit, err = l.rate(); err != nil {
+			return err
+		}
+		if nk.Quota, err = l.quotaValue(); err != nil {
+			return err
+		}
 		client, err := c.client()
 		if err != nil {
 			return err
@@ -254,6 +269,7 @@ error. The secret is shown once and cannot be retrieved later.`,
 	cmd.Flags().StringVar(&name, "name", "", "key name, 1 to 100 characters (required)")
 	cmd.Flags().StringVar(&expires, "expires", "", "expiry: YYYY-MM-DD (00:00 UTC that day) or RFC 3339; default never")
 	r.add(cmd, false)
+	l.add(cmd, false)
 	return cmd
 }
 
@@ -478,6 +494,9 @@ func (c *keysCLI) keyDetails(w io.Writer, k admin.Key) {
 	fmt.Fprintf(w, "  scopes:  %s\n", fmtList(k.Scopes, "any route"))
 	fmt.Fprintf(w, "  from:    %s\n", fmtList(k.AllowedIPs, "any address"))
 	fmt.Fprintf(w, "  meta:    %s\n", fmtMetadata(k.Metadata))
+	rate, quota := limitDetails(k)
+	fmt.Fprintf(w, "  rate:    %s\n", rate)
+	fmt.Fprintf(w, "  quota:   %s\n", quota)
 }
 
 func (c *keysCLI) printJSON(v any) error {
@@ -494,10 +513,10 @@ func (c *keysCLI) printJSON(v any) error {
 // masked prefix.
 func writeKeyTable(w io.Writer, keys []admin.Key) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tNAME\tKEY\tSTATUS\tEXPIRES\tCREATED\tLAST USED\tRESTRICTED")
+	fmt.Fprintln(tw, "ID\tNAME\tKEY\tSTATUS\tEXPIRES\tCREATED\tLAST USED\tRESTRICTED\tLIMITS")
 	for _, k := range keys {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", clean(k.ID), clean(k.Name), maskPrefix(k.Prefix),
-			clean(k.Status), fmtExpiry(k.ExpiresAt), fmtInstant(deref(k.CreatedAt)), fmtLastUsed(k.LastUsedAt), fmtRestricted(k))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", clean(k.ID), clean(k.Name), maskPrefix(k.Prefix),
+			clean(k.Status), fmtExpiry(k.ExpiresAt), fmtInstant(deref(k.CreatedAt)), fmtLastUsed(k.LastUsedAt), fmtRestricted(k), clean(fmtLimits(k)))
 	}
 	return tw.Flush()
 }

@@ -209,7 +209,7 @@ func TestKeysListTable(t *testing.T) {
 	if len(lines) != 3 {
 		t.Fatalf("table = %q, want a header and two rows", r.stdout)
 	}
-	header := regexp.MustCompile(`^ID +NAME +KEY +STATUS +EXPIRES +CREATED +LAST USED +RESTRICTED$`)
+	header := regexp.MustCompile(`^ID +NAME +KEY +STATUS +EXPIRES +CREATED +LAST USED +RESTRICTED +LIMITS$`)
 	if !header.MatchString(lines[0]) {
 		t.Errorf("header = %q", lines[0])
 	}
@@ -218,10 +218,10 @@ func TestKeysListTable(t *testing.T) {
 		return regexp.MustCompile("^" + k.ID + " +" + regexp.QuoteMeta(k.Name) + " +" + regexp.QuoteMeta(k.Prefix+"…") + " +active +" + rest + "$")
 	}
 	created := `\d{4}-\d\d-\d\d \d\d:\d\d UTC`
-	if !row(dated, date+" +"+created+" +"+regexp.QuoteMeta(used.Format("2006-01-02 15:04 UTC"))+" +-").MatchString(lines[1]) {
+	if !row(dated, date+" +"+created+" +"+regexp.QuoteMeta(used.Format("2006-01-02 15:04 UTC"))+" +- +-").MatchString(lines[1]) {
 		t.Errorf("row 1 = %q", lines[1])
 	}
-	if !row(never, "Never +"+created+" +Never +-").MatchString(lines[2]) {
+	if !row(never, "Never +"+created+" +Never +- +-").MatchString(lines[2]) {
 		t.Errorf("row 2 = %q", lines[2])
 	}
 	if !regexp.MustCompile(`sk_test_[0-9A-Za-z]{6}…`).MatchString(lines[2]) {
@@ -594,4 +594,150 @@ func TestKeysBinary(t *testing.T) {
 	if r := run("", "--help"); r.code != 0 || !strings.Contains(r.stdout, "roll") {
 		t.Errorf("keys --help: %+v", r)
 	}
+}
+
+func TestKeysLimits(t *testing.T) {
+	e := newCLIEnv(t)
+	r := e.ok("create", "--instance", instanceID, "--name", "limited", "--rate-limit", "100/1s", "--quota", "10000/day")
+	t.Logf("keys create, stderr:\n%s", r.stderr)
+	for _, want := range []string{"rate:    100 requests per 1s", "quota:   10000 per UTC day; 0 used today, resets "} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("summary lacks %q", want)
+		}
+	}
+	keys, _, _ := e.store.ListKeys(context.Background(), instanceID, store.ListOptions{Limit: 10})
+	if len(keys) != 1 {
+		t.Fatalf("%d keys", len(keys))
+	}
+	k := keys[0]
+	if k.RateLimit == nil || *k.RateLimit != (store.RateLimit{Limit: 100, Window: time.Second}) ||
+		k.Quota == nil || *k.Quota != (store.Quota{Limit: 10000, Period: "day"}) {
+		t.Fatalf("stored %+v %+v", k.RateLimit, k.Quota)
+	}
+	// The window spellings.
+	for _, c := range []struct {
+		flag   string
+		limit  int64
+		window int64
+	}{{"1000/1m", 1000, 60}, {"50/s", 50, 1}, {"7/90s", 7, 90}, {"1/24h", 1, 86400}, {"1000000/day", 1000000, 86400}, {" 5 / 1h ", 5, 3600}} {
+		got, _ := e.createKey("w", "--rate-limit", c.flag)
+		if got.RateLimit == nil || got.RateLimit.Limit != c.limit || got.RateLimit.WindowSeconds != c.window {
+			t.Errorf("--rate-limit %s: %+v", c.flag, got.RateLimit)
+		}
+	}
+	month, _ := e.createKey("m", "--quota", "5/month")
+	total, _ := e.createKey("t", "--quota", "1000000000000/total")
+	if month.Quota == nil || *month.Quota != (admin.Quota{Limit: 5, Period: "month"}) || month.QuotaUsed == nil || *month.QuotaUsed != 0 || month.QuotaResetsAt == nil {
+		t.Errorf("month quota %+v", month)
+	}
+	if total.Quota == nil || total.Quota.Limit != 1e12 || total.QuotaResetsAt != nil {
+		t.Errorf("total quota %+v", total)
+	}
+
+	// The LIMITS column.
+	r = e.ok("list", "--instance", instanceID)
+	t.Logf("keys list:\n%s", r.stdout)
+	for _, re := range []string{
+		`(?m)^` + k.ID + ` .* +- +100/1s, 0/10000 today$`,
+		`(?m)^` + month.ID + ` .* +- +0/5 this month$`,
+		`(?m)^` + total.ID + ` .* +- +0/1000000000000 in total$`,
+		`(?m) +- +7/1m30s$`,
+	} {
+		if !regexp.MustCompile(re).MatchString(r.stdout) {
+			t.Errorf("list lacks %s", re)
+		}
+	}
+
+	// update sets, changes and removes each.
+	r = e.ok("update", "--instance", instanceID, k.ID, "--rate-limit", "10/1m", "--no-quota")
+	if !strings.Contains(r.stdout, "rate:    10 requests per 1m") || !strings.Contains(r.stdout, "quota:   none") {
+		t.Errorf("update output %q", r.stdout)
+	}
+	stored, _ := e.store.Key(context.Background(), instanceID, k.ID)
+	if stored.RateLimit == nil || *stored.RateLimit != (store.RateLimit{Limit: 10, Window: time.Minute}) || stored.Quota != nil {
+		t.Errorf("stored %+v %+v", stored.RateLimit, stored.Quota)
+	}
+	e.ok("update", "--instance", instanceID, k.ID, "--no-rate-limit", "--quota", "3/total")
+	stored, _ = e.store.Key(context.Background(), instanceID, k.ID)
+	if stored.RateLimit != nil || stored.Quota == nil || *stored.Quota != (store.Quota{Limit: 3, Period: "total"}) {
+		t.Errorf("stored %+v %+v", stored.RateLimit, stored.Quota)
+	}
+	evs, _, _ := e.store.ListEvents(context.Background(), instanceID, store.ListOptions{Limit: 1})
+	if len(evs) != 1 || strings.Join(evs[0].Fields, "+") != "rate_limit+quota" {
+		t.Errorf("last event %+v", evs)
+	}
+}
+
+func TestKeysLimitsRefused(t *testing.T) {
+	e := newCLIEnv(t)
+	k, _ := e.createKey("target", "--rate-limit", "5/1s")
+	before := e.snapshotLimits()
+	create := func(args ...string) []string {
+		return append([]string{"create", "--instance", instanceID, "--name", "x"}, args...)
+	}
+	update := func(args ...string) []string {
+		return append([]string{"update", "--instance", instanceID, k.ID}, args...)
+	}
+	for _, tt := range []struct {
+		args      []string
+		sub, want string
+	}{
+		{create("--rate-limit", "100"), "create", `--rate-limit "100" is not N/DURATION`},
+		{create("--rate-limit", ""), "create", `--rate-limit "" is not N/DURATION`},
+		{create("--rate-limit", "0/1s"), "create", "from 1 to 1000000"},
+		{create("--rate-limit", "1000001/1s"), "create", "from 1 to 1000000"},
+		{create("--rate-limit", "1.5/1s"), "create", "is not N/DURATION"},
+		{create("--rate-limit", "-1/1s"), "create", "from 1 to 1000000"},
+		{create("--rate-limit", "10/0s"), "create", "the window must be a whole number of seconds from 1s to 24h"},
+		{create("--rate-limit", "10/500ms"), "create", "the window must be"},
+		{create("--rate-limit", "10/1500ms"), "create", "the window must be"},
+		{create("--rate-limit", "10/24h1s"), "create", "the window must be"},
+		{create("--rate-limit", "10/week"), "create", "is not N/DURATION"},
+		{create("--rate-limit", "ten/1s"), "create", "is not N/DURATION"},
+		{create("--rate-limit", strings.Repeat("9", 200)+"/1s"), "create", "is not N/DURATION"},
+		{create("--quota", "100"), "create", `--quota "100" is not N/day, N/month or N/total`},
+		{create("--quota", "100/week"), "create", `quota.period must be "day", "month" or "total"`},
+		{create("--quota", "0/day"), "create", "quota.limit must be from 1 to 1000000000000"},
+		{create("--quota", "1000000000001/day"), "create", "quota.limit must be from 1"},
+		{create("--quota", "1.5/day"), "create", "is not N/day"},
+		{create("--no-quota"), "create", "unknown flag: --no-quota"},
+		{create("--no-rate-limit"), "create", "unknown flag: --no-rate-limit"},
+		{update("--rate-limit", "10/1s", "--no-rate-limit"), "update", "--rate-limit and --no-rate-limit cannot be used together"},
+		{update("--quota", "10/day", "--no-quota"), "update", "--quota and --no-quota cannot be used together"},
+		{update("--rate-limit", "10/1d"), "update", "is not N/DURATION"},
+		{update("--quota", "x/day"), "update", "is not N/day"},
+		{update("--no-quota=perhaps"), "update", "invalid argument"},
+	} {
+		r := e.run(tt.args...)
+		refused(t, r, tt.sub, tt.want)
+		if strings.Contains(r.stderr, strings.Repeat("9", 100)) {
+			t.Errorf("the error repeats the value: %q", r.stderr)
+		}
+	}
+	if after := e.snapshotLimits(); after != before {
+		t.Errorf("refused commands wrote:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+}
+
+// snapshotLimits is the store's keys with their limits, and the number of events.
+func (e *cliEnv) snapshotLimits() string {
+	e.t.Helper()
+	ctx := context.Background()
+	keys, _, err := e.store.ListKeys(ctx, instanceID, store.ListOptions{Limit: 1000})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	evs, _, _ := e.store.ListEvents(ctx, instanceID, store.ListOptions{Limit: 1000})
+	var b strings.Builder
+	for _, k := range keys {
+		b.WriteString(k.ID + " " + k.Name)
+		if k.RateLimit != nil {
+			b.WriteString(" rate " + k.RateLimit.Window.String())
+		}
+		if k.Quota != nil {
+			b.WriteString(" quota " + k.Quota.Period)
+		}
+		b.WriteString("\n")
+	}
+	return b.String() + strings.Repeat("e", len(evs))
 }

@@ -104,13 +104,15 @@ func (r *restrictionFlags) metadata() (map[string]string, error) {
 func (c *keysCLI) updateCmd() *cobra.Command {
 	var instance, name, expires string
 	var r restrictionFlags
+	var l limitFlags
 	cmd := c.subcommand(&cobra.Command{
-		Use:   "update --instance ID KEY_ID [--name N] [--expires DATE|never] [--scope S]... [--no-scopes] [--allow-ip CIDR]... [--any-ip] [--meta NAME=VALUE]... [--no-meta]",
-		Short: "Changes a key's name, expiry, scopes, allowed addresses or metadata",
+		Use:   "update --instance ID KEY_ID [--name N] [--expires DATE|never] [--scope S]... [--no-scopes] [--allow-ip CIDR]... [--any-ip] [--meta NAME=VALUE]... [--no-meta] [--rate-limit N/DURATION] [--no-rate-limit] [--quota N/PERIOD] [--no-quota]",
+		Short: "Changes a key's name, expiry, scopes, allowed addresses, metadata or limits",
 		Long: `Changes only what the flags name; the rest stays as it is. --scope, --allow-ip
 and --meta replace the whole list (or the whole metadata), each repeated for
 more values; --no-scopes, --any-ip and --no-meta lift the restriction or remove
-the metadata; --expires never removes the expiry. Every gateway enforces the
+the metadata; --rate-limit and --quota set a limit, --no-rate-limit and
+--no-quota remove it; --expires never removes the expiry. Every gateway enforces the
 change within the revocation bound. Prints "updated KEY_ID (name)" and the
 key's details (with --json: the key object). A revoked key cannot be changed.`,
 	}, &instance, func(cmd *cobra.Command, args []string) error {
@@ -159,8 +161,22 @@ key's details (with --json: the key object). A revoked key cannot be changed.`,
 		if meta != nil || r.noMeta {
 			ch.Metadata = &meta
 		}
+		rate, err := l.rate()
+		if err != nil {
+			return err
+		}
+		if rate != nil || l.noRateLimit {
+			ch.RateLimit = &rate
+		}
+		quota, err := l.quotaValue()
+		if err != nil {
+			return err
+		}
+		if quota != nil || l.noQuota {
+			ch.Quota = &quota
+		}
 		if ch == (admin.KeyChanges{}) {
-			return errors.New("nothing to update: give --name, --expires, --scope, --no-scopes, --allow-ip, --any-ip, --meta or --no-meta")
+			return errors.New("nothing to update: give --name, --expires, --scope, --no-scopes, --allow-ip, --any-ip, --meta, --no-meta, --rate-limit, --no-rate-limit, --quota or --no-quota")
 		}
 		client, err := c.client()
 		if err != nil {
@@ -184,6 +200,7 @@ key's details (with --json: the key object). A revoked key cannot be changed.`,
 	cmd.Flags().StringVar(&name, "name", "", "new name, 1 to 100 characters")
 	cmd.Flags().StringVar(&expires, "expires", "", "new expiry: YYYY-MM-DD (00:00 UTC that day), RFC 3339, or never")
 	r.add(cmd, true)
+	l.add(cmd, true)
 	return cmd
 }
 

@@ -70,7 +70,7 @@ func TestKeysCreateRestricted(t *testing.T) {
 	// The table marks restricted keys.
 	r = e.ok("list", "--instance", instanceID)
 	lines := strings.Split(strings.TrimSuffix(r.stdout, "\n"), "\n")
-	if len(lines) != 4 || !strings.HasSuffix(lines[1], "  1 scope") || !strings.HasSuffix(lines[2], "  -") || !strings.HasSuffix(lines[3], "  2 scopes, 2 ips") {
+	if len(lines) != 4 || !regexp.MustCompile(`  1 scope +-$`).MatchString(lines[1]) || !regexp.MustCompile(`Never +- +-$`).MatchString(lines[2]) || !strings.HasSuffix(lines[3], "  2 scopes, 2 ips  -") {
 		t.Errorf("table = %q", r.stdout)
 	}
 }
@@ -155,7 +155,7 @@ func TestKeysUpdate(t *testing.T) {
 		t.Errorf("after --any-ip --no-meta --expires never: %+v", stored)
 	}
 	r = e.ok("list", "--instance", instanceID)
-	if !regexp.MustCompile(`(?m)^` + k.ID + ` +after .* Never +-$`).MatchString(r.stdout) {
+	if !regexp.MustCompile(`(?m)^` + k.ID + ` +after .* Never +- +-$`).MatchString(r.stdout) {
 		t.Errorf("list = %q", r.stdout)
 	}
 
