@@ -84,6 +84,7 @@ func TestBrowserAPIKeysPage(t *testing.T) {
 	t.Run("RestrictionRefused", env.testRestrictionRefused)
 	t.Run("KeyboardRestricted", env.testKeyboardRestricted)
 	t.Run("ManyRestrictions", env.testManyRestrictions)
+	t.Run("Limits", env.testLimits)
 	t.Run("Paging", env.testPaging)
 }
 
@@ -1289,4 +1290,57 @@ func (e *pageEnv) testManyRestrictions(t *testing.T) {
 	}
 	tb.do(chromedp.KeyEvent(kb.Enter))
 	tb.waitJS(`!`+summary+`.parentElement.open && `+summary+`.textContent === '7 more'`, "Enter closes it again")
+}
+
+// A key's rate limit and quota use show as text under its name; a key without limits shows
+// none.
+func (e *pageEnv) testLimits(t *testing.T) {
+	rl := func(limit, window int) map[string]any {
+		return map[string]any{"limit": limit, "window_seconds": window}
+	}
+	q := func(limit int64, period string) map[string]any {
+		return map[string]any{"limit": limit, "period": period}
+	}
+	e.createKey(t, "acme-sandbox", "Plain neighbour", nil)
+	e.createKey(t, "acme-sandbox", "Rate limited", map[string]any{"rate_limit": rl(100, 1)})
+	e.createKey(t, "acme-sandbox", "Daily quota", map[string]any{"rate_limit": rl(1000, 60), "quota": q(10000, "day"), "scopes": []string{"charges:read"}})
+	e.createKey(t, "acme-sandbox", "Monthly quota", map[string]any{"rate_limit": rl(10, 90), "quota": q(5000, "month")})
+	e.createKey(t, "acme-sandbox", "Total quota", map[string]any{"quota": q(1_000_000_000_000, "total")})
+	tb := e.newTab(t)
+	tb.open()
+	tb.signIn(fullToken)
+	tb.pick("acme-sandbox")
+	tb.waitJS(rowExpr("Total quota"), "the list shows")
+	limits := func(name string) (text, limited, title string) {
+		t.Helper()
+		got := js[[]string](tb, fmt.Sprintf(`(() => { const tr = %s, box = tr.cells[0].querySelector('.limits'), qt = tr.cells[0].querySelector('.limit-quota');
+			return [box && box.checkVisibility() ? box.innerText.replace(/\s+/g, ' ').trim() : '', tr.dataset.limited || '', qt ? qt.title : '']; })()`, rowExpr(name)))
+		return got[0], got[1], got[2]
+	}
+	tomorrow := time.Now().UTC().AddDate(0, 0, 1).Format("2006-01-02")
+	for _, c := range []struct{ name, text, title string }{
+		{"Plain neighbour", "", ""},
+		{"Rate limited", "Rate limit: 100/s", ""},
+		{"Daily quota", "Rate limit: 1,000/min Quota: 0 of 10,000 today", "Resets " + tomorrow + " 00:00 UTC"},
+		{"Monthly quota", "Rate limit: 10/90s Quota: 0 of 5,000 this month", "Resets "},
+		{"Total quota", "Quota: 0 of 1,000,000,000,000 in total", ""},
+	} {
+		text, limited, title := limits(c.name)
+		if text != c.text || (limited == "true") != (c.text != "") || !strings.HasPrefix(title, c.title) || (c.title == "") != (title == "") {
+			t.Errorf("%s: limits %q (limited %q, title %q), want %q (title %q…)", c.name, text, limited, title, c.text, c.title)
+		}
+	}
+	// The limits are part of the name cell's text, beside the restrictions; a quota has a
+	// meter of its use.
+	if !js[bool](tb, rowExpr("Daily quota")+`.cells[0].innerText.includes('Quota: 0 of 10,000 today') && `+rowExpr("Daily quota")+`.cells[0].innerText.includes('Scopes:')`) {
+		t.Error("the limits are not part of the name cell's text")
+	}
+	if m := js[[]float64](tb, `(m => m ? [m.value, m.max] : [])(`+rowExpr("Daily quota")+`.querySelector('meter'))`); len(m) != 2 || m[0] != 0 || m[1] != 10000 {
+		t.Errorf("the quota meter is %v, want value 0 of max 10000", m)
+	}
+	if n := js[int](tb, rowExpr("Rate limited")+`.querySelectorAll('meter').length`); n != 0 {
+		t.Errorf("a key without a quota has %d meters", n)
+	}
+	js[chromedp.Void](tb, `document.activeElement.blur()`)
+	tb.screenshot("keys-limits.png")
 }

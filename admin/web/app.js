@@ -244,6 +244,7 @@
     label.textContent = k.name;
     name.appendChild(label);
     markRestrictions(tr, name, k);
+    markLimits(tr, name, k);
     tr.appendChild(name);
 
     var keyCell = cell('key');
@@ -295,6 +296,62 @@
     box.className = 'restrictions';
     if (scopes) box.appendChild(restrictionLine('scopes', 'Scopes', scopes));
     if (ips) box.appendChild(restrictionLine('ips', 'Allowed IPs', ips));
+    td.appendChild(box);
+  }
+
+  // A key with a rate limit or a quota shows them as text under its name: "Rate limit:
+  // 100/s", "Quota: 1,234 of 10,000 today" (with a meter of the use).
+  function fmtCount(n) { return Number(n).toLocaleString('en-US'); }
+  function fmtWindow(s) {
+    var n = s, unit = 's';
+    if (s % 86400 === 0) { n = s / 86400; unit = 'day'; }
+    else if (s % 3600 === 0) { n = s / 3600; unit = 'h'; }
+    else if (s % 60 === 0) { n = s / 60; unit = 'min'; }
+    return (n === 1 ? '' : String(n)) + unit;
+  }
+  var PERIODS = { day: 'today', month: 'this month', total: 'in total' };
+  function markLimits(tr, td, k) {
+    var rl = k.rate_limit, q = k.quota;
+    if (!rl && !q) return;
+    tr.dataset.limited = 'true';
+    var box = document.createElement('div');
+    box.className = 'limits';
+    if (rl) {
+      var r = document.createElement('div');
+      r.className = 'limit limit-rate';
+      var rt = document.createElement('span');
+      rt.className = 'restriction-title';
+      rt.textContent = 'Rate limit:';
+      var rv = document.createElement('span');
+      rv.className = 'limit-value';
+      rv.textContent = fmtCount(rl.limit) + '/' + fmtWindow(rl.window_seconds);
+      r.append(rt, ' ', rv);
+      box.appendChild(r);
+    }
+    if (q) {
+      var p = document.createElement('div');
+      p.className = 'limit limit-quota';
+      var qt = document.createElement('span');
+      qt.className = 'restriction-title';
+      qt.textContent = 'Quota:';
+      var used = typeof k.quota_used === 'number' ? k.quota_used : null;
+      var qv = document.createElement('span');
+      qv.className = 'limit-value';
+      qv.textContent = (used === null ? '?' : fmtCount(used)) + ' of ' + fmtCount(q.limit) + ' ' + (PERIODS[q.period] || q.period);
+      p.append(qt, ' ', qv);
+      if (used !== null) {
+        var m = document.createElement('meter');
+        m.min = 0;
+        m.max = q.limit;
+        m.value = Math.min(used, q.limit);
+        m.high = q.limit * 0.9;
+        m.optimum = 0;
+        m.setAttribute('aria-label', 'Quota used');
+        p.append(' ', m);
+      }
+      if (k.quota_resets_at) p.title = 'Resets ' + fmtTime(k.quota_resets_at, false) + ' UTC';
+      box.appendChild(p);
+    }
     td.appendChild(box);
   }
 
