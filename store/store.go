@@ -215,6 +215,9 @@ type Store interface {
 	Ping(ctx context.Context) error
 	// Close releases the store's connections and goroutines.
 	Close() error
+
+	// Leaser keeps the keys' rate-limit and quota counters (limits.go).
+	Leaser
 }
 
 // Watcher receives the invalidation events of a store. Its methods must not block for long:

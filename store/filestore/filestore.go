@@ -27,6 +27,7 @@ import (
 //	hashes/<sha256>                     instance id + "/" + key id (the lookup entry)
 //	inst/<id>/keys/<key id>             key JSON
 //	inst/<id>/order/<seq, 8 bytes BE>   key id (creation order)
+//	counters/<id>/<key id>/<counter>    a limit counter of the key (see limits.go)
 var (
 	bInstances = []byte("instances")
 	bHashes    = []byte("hashes")
@@ -49,6 +50,7 @@ type Store struct {
 	db   *bolt.DB
 	opts Options
 	store.Watchers
+	c counters
 }
 
 // ErrHeld is Open's error when another process holds the file: bbolt locks it for one
@@ -74,7 +76,7 @@ func Open(path string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("opening store file %s: %v", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bInstances, bHashes, bInst} {
+		for _, b := range [][]byte{bInstances, bHashes, bInst, bCounters} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -88,7 +90,12 @@ func Open(path string, opts Options) (*Store, error) {
 	if opts.MaxEvents <= 0 {
 		opts.MaxEvents = store.MaxEvents
 	}
-	return &Store{db: db, opts: opts}, nil
+	s := &Store{db: db, opts: opts, c: counters{mem: make(map[string]counter), fileSwept: time.Now()}}
+	if err := s.sweepFile(); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("sweeping expired limit counters of %s: %v", path, err)
+	}
+	return s, nil
 }
 
 func (s *Store) fail(step string) error {

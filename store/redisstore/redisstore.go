@@ -52,7 +52,7 @@ type Options struct {
 	// shard's replicas). If fewer acknowledge within WaitTimeout the call fails with
 	// ErrNotReplicated: a create is undone, a revoke, expiry or update is completed (it is in force on
 	// the master) but reported, and a roll's replacement is undone while the old key's new
-	// expiry stays. TouchKey and AddEvent do not wait.
+	// expiry stays. TouchKey, AddEvent and the limit counters (Lease, Release) do not wait.
 	WaitReplicas int
 	// WaitTimeout bounds each WAIT (default 5 s).
 	WaitTimeout time.Duration

@@ -4,9 +4,12 @@ import (
 	"fmt"
 	"reflect"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/keygate/keygate/apikey"
+	"github.com/keygate/keygate/internal/testutil"
 	"github.com/keygate/keygate/store"
 )
 
@@ -178,4 +181,213 @@ func testUpdateLimits(x *suite) {
 		t.Errorf("UpdateKey setting the same limits invalidated the key")
 	}
 	x.checkLimits("after UpdateKey setting the same limits", k, both)
+}
+
+// leasers is how many gateways lease from one counter at once.
+const leasers = 16
+
+// Concurrent leases never pass the limit, and use it up exactly: the grants add up to the
+// limit, each answer's used is within it, and once it is spent every lease grants 0.
+func testLeaseConcurrent(x *suite) {
+	t := x.t
+	const limit = 1000
+	day := store.Quota{Limit: limit, Period: store.QuotaDay}
+	_, end, name := store.QuotaPeriod(day, time.Now())
+	for _, c := range []struct {
+		counter  string
+		expireAt time.Time
+	}{
+		{name, end},
+		{"q:total", time.Time{}},
+		{"rl:60:123", time.Now().Add(time.Hour)},
+	} {
+		var total atomic.Int64
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		errs := make(chan error, leasers)
+		for i := range leasers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				for n := int64(1 + i%7); ; {
+					g, used, err := x.s.Lease(x.ctx, "acme", "key_conc", c.counter, limit, n, c.expireAt)
+					switch {
+					case err != nil:
+						errs <- err
+						return
+					case g < 0 || g > n || used > limit || used < g:
+						errs <- fmt.Errorf("Lease(%d) = %d granted, %d used (limit %d)", n, g, used, limit)
+						return
+					case g == 0:
+						if used != limit {
+							errs <- fmt.Errorf("Lease granted 0 with %d of %d used", used, limit)
+						}
+						return
+					}
+					total.Add(g)
+				}
+			}()
+		}
+		close(start)
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Errorf("counter %s: %v", c.counter, err)
+		}
+		if got := total.Load(); got != limit {
+			t.Errorf("counter %s: %d leasers were granted %d in all, want exactly %d", c.counter, leasers, got, limit)
+		}
+		if g, used, err := x.s.Lease(x.ctx, "acme", "key_conc", c.counter, limit, 5, c.expireAt); err != nil || g != 0 || used != limit {
+			t.Errorf("counter %s: Lease once spent = %d granted, %d used, %v; want 0, %d", c.counter, g, used, err, limit)
+		}
+		if used, err := x.s.Used(x.ctx, "acme", "key_conc", c.counter); err != nil || used != limit {
+			t.Errorf("counter %s: Used = %d, %v; want %d", c.counter, used, err, limit)
+		}
+	}
+}
+
+// Lease grants what is left up to the limit and says how much is used; Release gives units
+// back, never below 0; n = 0 reads.
+func testLeaseAndRelease(x *suite) {
+	t := x.t
+	for _, counter := range []string{"q:total", "q:month:2031-05", "rl:1:42"} {
+		exp := time.Time{}
+		if counter != "q:total" {
+			exp = time.Now().Add(time.Hour)
+		}
+		lease := func(limit, n, wantGranted, wantUsed int64) {
+			t.Helper()
+			g, used, err := x.s.Lease(x.ctx, "acme", "key_a", counter, limit, n, exp)
+			if err != nil || g != wantGranted || used != wantUsed {
+				t.Errorf("%s: Lease(limit %d, n %d) = %d granted, %d used, %v; want %d, %d", counter, limit, n, g, used, err, wantGranted, wantUsed)
+			}
+		}
+		used := func(want int64) {
+			t.Helper()
+			if got, err := x.s.Used(x.ctx, "acme", "key_a", counter); err != nil || got != want {
+				t.Errorf("%s: Used = %d, %v; want %d", counter, got, err, want)
+			}
+		}
+		release := func(n int64) {
+			t.Helper()
+			if err := x.s.Release(x.ctx, "acme", "key_a", counter, n); err != nil {
+				t.Errorf("%s: Release(%d): %v", counter, n, err)
+			}
+		}
+		used(0)
+		release(5) // nothing to give back: stays 0
+		used(0)
+		lease(10, 0, 0, 0)
+		lease(10, 3, 3, 3)
+		lease(10, 5, 5, 8)
+		lease(10, 5, 2, 10)
+		lease(10, 1, 0, 10)
+		lease(5, 1, 0, 10)  // a lowered limit grants nothing
+		lease(12, 4, 2, 12) // a raised one grants what it leaves
+		used(12)
+		release(4)
+		used(8)
+		lease(10, 0, 0, 8)
+		lease(10, 100, 2, 10)
+		release(100) // never below 0
+		used(0)
+		release(1)
+		used(0)
+		lease(3, 2, 2, 2)
+		used(2)
+	}
+	if _, _, err := x.s.Lease(x.ctx, "acme", "key_a", "q:total", 10, -1, time.Time{}); err == nil {
+		t.Errorf("Lease of -1 units succeeded")
+	}
+	if err := x.s.Release(x.ctx, "acme", "key_a", "q:total", -1); err == nil {
+		t.Errorf("Release of -1 units succeeded")
+	}
+}
+
+// Counters are per instance, per key and per counter name.
+func testCountersApart(x *suite) {
+	t := x.t
+	type c struct{ instance, key, counter string }
+	all := []c{
+		{"acme", "key_1", "q:total"},
+		{"acme", "key_1", "q:day:2031-05-17"},
+		{"acme", "key_1", "q:day:2031-05-18"},
+		{"acme", "key_1", "rl:60:1"},
+		{"acme", "key_1", "rl:60:2"},
+		{"acme", "key_1", "rl:1:1"},
+		{"acme", "key_2", "q:total"},
+		{"acme", "key_2", "rl:60:1"},
+		{"other", "key_1", "q:total"},
+		{"other", "key_1", "rl:60:1"},
+	}
+	exp := time.Now().Add(time.Hour)
+	for i, k := range all {
+		if g, used, err := x.s.Lease(x.ctx, k.instance, k.key, k.counter, 100, int64(i+1), exp); err != nil || g != int64(i+1) || used != int64(i+1) {
+			t.Errorf("Lease(%+v, %d) = %d, %d, %v: not a fresh counter", k, i+1, g, used, err)
+		}
+	}
+	for i, k := range all {
+		if used, err := x.s.Used(x.ctx, k.instance, k.key, k.counter); err != nil || used != int64(i+1) {
+			t.Errorf("Used(%+v) = %d, %v; want %d", k, used, err, i+1)
+		}
+	}
+	if err := x.s.Release(x.ctx, "acme", "key_1", "q:total", 1); err != nil {
+		t.Fatal(err)
+	}
+	for i, k := range all {
+		want := int64(i + 1)
+		if i == 0 {
+			want--
+		}
+		if used, err := x.s.Used(x.ctx, k.instance, k.key, k.counter); err != nil || used != want {
+			t.Errorf("after a Release of another counter, Used(%+v) = %d, %v; want %d", k, used, err, want)
+		}
+	}
+}
+
+// A counter is dropped after its expireAt and starts again at 0; a counter without one is kept.
+func testCounterExpiry(x *suite) {
+	t := x.t
+	exp := time.Now().Add(300 * time.Millisecond)
+	for _, counter := range []string{"q:day:2031-05-17", "rl:1:7"} {
+		if g, used, err := x.s.Lease(x.ctx, "acme", "key_e", counter, 10, 10, exp); err != nil || g != 10 || used != 10 {
+			t.Fatalf("%s: Lease = %d, %d, %v", counter, g, used, err)
+		}
+	}
+	if g, _, err := x.s.Lease(x.ctx, "acme", "key_e", "q:total", 10, 10, time.Time{}); err != nil || g != 10 {
+		t.Fatalf("q:total: Lease = %d, %v", g, err)
+	}
+	for _, counter := range []string{"q:day:2031-05-17", "rl:1:7"} {
+		testutil.WaitFor(t, 5*time.Second, counter+" to expire", func() bool {
+			used, err := x.s.Used(x.ctx, "acme", "key_e", counter)
+			return err == nil && used == 0
+		})
+		// Released into an expired counter: nothing comes back to life.
+		if err := x.s.Release(x.ctx, "acme", "key_e", counter, 3); err != nil {
+			t.Errorf("%s: Release after expiry: %v", counter, err)
+		}
+		if used, err := x.s.Used(x.ctx, "acme", "key_e", counter); err != nil || used != 0 {
+			t.Errorf("%s: Used after a Release into the expired counter = %d, %v; want 0", counter, used, err)
+		}
+		next := time.Now().Add(time.Hour)
+		if g, used, err := x.s.Lease(x.ctx, "acme", "key_e", counter, 10, 4, next); err != nil || g != 4 || used != 4 {
+			t.Errorf("%s: Lease after expiry = %d granted, %d used, %v; want 4, 4", counter, g, used, err)
+		}
+	}
+	if used, err := x.s.Used(x.ctx, "acme", "key_e", "q:total"); err != nil || used != 10 {
+		t.Errorf("q:total after the others expired: Used = %d, %v; want 10", used, err)
+	}
+	// A lease moves the expiry to the one it gives.
+	short := time.Now().Add(200 * time.Millisecond)
+	if _, _, err := x.s.Lease(x.ctx, "acme", "key_e", "q:month:2031-05", 10, 1, time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := x.s.Lease(x.ctx, "acme", "key_e", "q:month:2031-05", 10, 1, short); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, 5*time.Second, "the counter to take the later lease's expiry", func() bool {
+		used, err := x.s.Used(x.ctx, "acme", "key_e", "q:month:2031-05")
+		return err == nil && used == 0
+	})
 }

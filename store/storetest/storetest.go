@@ -71,6 +71,10 @@ func Run(t *testing.T, open func(t *testing.T, failPoint func(step string) error
 		{"RollReplacementKeepsRestrictions", testRollKeepsRestrictions},
 		{"LimitsRoundTrip", testLimitsRoundTrip},
 		{"UpdateKeyChangesLimits", testUpdateLimits},
+		{"LeaseNeverPassesTheLimitUnderConcurrency", testLeaseConcurrent},
+		{"LeaseAndReleaseCounts", testLeaseAndRelease},
+		{"CountersPerKeyAndName", testCountersApart},
+		{"ExpiredCounterStartsAgain", testCounterExpiry},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
