@@ -149,14 +149,9 @@ func (a *API) quotaUse(ctx context.Context, out *Key, k store.Key, now time.Time
 	}
 	_, end, counter := store.QuotaPeriod(*k.Quota, now)
 	out.QuotaResetsAt = timePtr(end)
-	var used int64
-	// Until every store implements Leaser (no gateway can lease from one that does not,
-	// so nothing has been used).
-	if l, ok := a.Store.(store.Leaser); ok {
-		var err error
-		if used, err = l.Used(ctx, k.Instance, k.ID, counter); err != nil {
-			return err
-		}
+	used, err := a.Store.Used(ctx, k.Instance, k.ID, counter)
+	if err != nil {
+		return err
 	}
 	out.QuotaUsed = &used
 	return nil

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/keygate/keygate/admin"
-	"github.com/keygate/keygate/apikey"
 	"github.com/keygate/keygate/internal/admintest"
 	"github.com/keygate/keygate/store"
 )
@@ -71,43 +70,8 @@ func checkLimitFields(t *testing.T, obj map[string]any, k keyObj) {
 	}
 }
 
-// needLimits skips the test when the store does not keep the limits of keys yet.
-func (e *apiEnv) needLimits(t *testing.T) {
-	t.Helper()
-	ctx := context.Background()
-	in := store.Instance{ID: "limits-probe", Name: "probe", Environment: apikey.Sandbox}
-	if _, err := e.s.Instance(ctx, in.ID); err != nil {
-		if err := e.s.CreateInstance(ctx, in); err != nil {
-			t.Fatal(err)
-		}
-	}
-	_, k, err := store.Mint(apikey.Hasher{}, in, "probe", time.Time{}, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	k.RateLimit = &store.RateLimit{Limit: 1, Window: time.Second}
-	k.Quota = &store.Quota{Limit: 1, Period: store.QuotaDay}
-	if err := e.s.CreateKey(ctx, k); err != nil {
-		t.Fatal(err)
-	}
-	got, err := e.s.Key(ctx, in.ID, k.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got.RateLimit == nil || got.Quota == nil {
-		t.Skip("this store does not keep rate limits and quotas yet")
-	}
-}
-
-// leaser returns the store's Leaser, or skips the test.
-func (e *apiEnv) leaser(t *testing.T) store.Leaser {
-	t.Helper()
-	l, ok := e.s.(store.Leaser)
-	if !ok {
-		t.Skip("this store does not implement store.Leaser yet")
-	}
-	return l
-}
+// leaser returns the store's Leaser.
+func (e *apiEnv) leaser(t *testing.T) store.Leaser { return e.s }
 
 // lease takes n units of a key's current quota period, as a gateway would.
 func (e *apiEnv) lease(t *testing.T, instance, id string, q store.Quota, n int64) {
@@ -266,7 +230,6 @@ func checkUse(t *testing.T, k keyObj, used int64) {
 // bounds themselves are accepted; a key without limits shows null for all four fields.
 func TestCreateLimitedKey(t *testing.T) {
 	eachStore(t, func(t *testing.T, e *apiEnv) {
-		e.needLimits(t)
 		awayFromMidnight()
 		plain := e.createKey(t, sandboxInst, map[string]any{"name": "plain", "rate_limit": nil, "quota": nil})
 		e.checkLimits(t, plain, plain.Secret, nil, nil)
@@ -339,7 +302,6 @@ func TestCreateLimitedKeyRefused(t *testing.T) {
 // answer, GET, the store and the lookup entry, recording the fields that changed.
 func TestUpdateKeyLimits(t *testing.T) {
 	eachStore(t, func(t *testing.T, e *apiEnv) {
-		e.needLimits(t)
 		awayFromMidnight()
 		k := e.createKey(t, sandboxInst, map[string]any{"name": "to limit"})
 		p := keyPath(sandboxInst, k.ID)
@@ -427,18 +389,14 @@ func TestUpdateKeyLimitsRefused(t *testing.T) {
 // quota is counted afresh while the old key keeps its count.
 func TestRollCopiesLimits(t *testing.T) {
 	eachStore(t, func(t *testing.T, e *apiEnv) {
-		e.needLimits(t)
 		awayFromMidnight()
 		old := e.createKey(t, sandboxInst, map[string]any{"name": "roll me",
 			"rate_limit": map[string]any{"limit": 10, "window_seconds": 1}, "quota": map[string]any{"limit": 100, "period": "day"}})
 		rl := &admin.RateLimit{Limit: 20, WindowSeconds: 60}
 		q := &admin.Quota{Limit: 100, Period: "day"}
 		admintest.Want(t, e.Do(t, "PATCH", keyPath(sandboxInst, old.ID), "creator", map[string]any{"rate_limit": rl}), 200, "")
-		leased := int64(0)
-		if _, ok := e.s.(store.Leaser); ok {
-			leased = 7
-			e.lease(t, sandboxInst, old.ID, *storeQuota(q), leased)
-		}
+		leased := int64(7)
+		e.lease(t, sandboxInst, old.ID, *storeQuota(q), leased)
 		r := e.Do(t, "POST", keyPath(sandboxInst, old.ID)+"/roll", "roller", map[string]any{"expire_old_in_seconds": 60})
 		admintest.Want(t, r, 201, "")
 		nk := checkKey(t, r.Obj, true)
@@ -463,8 +421,6 @@ func TestRollCopiesLimits(t *testing.T) {
 // answers; each period has its own counter.
 func TestQuotaUsed(t *testing.T) {
 	eachStore(t, func(t *testing.T, e *apiEnv) {
-		e.needLimits(t)
-		e.leaser(t)
 		awayFromMidnight()
 		inst := e.newInstance(t, "sandbox")
 		day := e.createKey(t, inst, map[string]any{"name": "day", "quota": map[string]any{"limit": 10000, "period": "day"}})
