@@ -117,19 +117,30 @@ func TestKeyLimits(t *testing.T) {
 	})
 
 	t.Run("rate limit refusals spend no quota", func(t *testing.T) {
-		key, k := mintLimited(t, s, &store.RateLimit{Limit: 2, Window: time.Hour}, &store.Quota{Limit: 100, Period: store.QuotaMonth})
+		key, k := mintLimited(t, s, &store.RateLimit{Limit: 2, Window: time.Hour}, &store.Quota{Limit: 10, Period: store.QuotaMonth})
+		got := map[int]int{}
 		for range 6 {
-			callFrom(t, base+"/x", "", "Bearer "+key)
+			got[callFrom(t, base+"/x", "", "Bearer "+key).status]++
 		}
-		_, _, counter := store.QuotaPeriod(*k.Quota, time.Now())
-		used, err := s.(store.Leaser).Used(context.Background(), k.Instance, k.ID, counter)
-		if err != nil {
+		if got[200] != 2 || got[429] != 4 {
+			t.Fatalf("answers %v, want 2 × 200 and 4 × 429", got)
+		}
+		// Lift the rate limit: the quota has exactly 10 − 2 requests left.
+		none := (*store.RateLimit)(nil)
+		if _, err := s.UpdateKey(context.Background(), k.Instance, k.ID, store.KeyUpdate{RateLimit: &none}, nil); err != nil {
 			t.Fatal(err)
 		}
-		// Units are leased ahead: what the counter says is what was leased, at least the 2
-		// requests let through, never the 4 refused.
-		if used < 2 || used > 2+100/32 {
-			t.Fatalf("quota counter %d after 2 allowed and 4 rate-limited requests", used)
+		more := 0
+		for ; more < 20; more++ {
+			if a := callFrom(t, base+"/x", "", "Bearer "+key); a.status != 200 {
+				if a.Error.Code != "quota_exceeded" {
+					t.Fatalf("%d %s", a.status, a.body)
+				}
+				break
+			}
+		}
+		if more != 8 {
+			t.Fatalf("%d more requests before the quota ran out, want 8: the 4 rate-limited ones spent quota", more)
 		}
 	})
 

@@ -389,7 +389,13 @@ func (c *counter) topUp() {
 	name, end, limit := c.name, c.end, c.limit
 	now := c.m.now()
 	n := c.size(now)
-	needNow := !c.exhausted && c.avail*2 < n
+	// One lease of a counter at a time: a request that finds no unit waits for this one.
+	needNow := !c.exhausted && c.avail*2 < n && c.inflight == nil
+	var ch chan struct{}
+	if needNow {
+		ch = make(chan struct{})
+		c.inflight = ch
+	}
 	wantNext, spec := c.wantNext, c.spec
 	c.mu.Unlock()
 	if needNow {
@@ -400,6 +406,8 @@ func (c *counter) topUp() {
 		} else if err != nil {
 			c.m.logger.Debug("leasing a key's units", zap.String("key_id", c.id), zap.Error(err))
 		}
+		c.inflight = nil
+		close(ch)
 		c.mu.Unlock()
 	}
 	if wantNext && !end.IsZero() {
