@@ -196,7 +196,9 @@ type Store interface {
 	// same step it records ev (when not nil, and only if something changed), its Fields set
 	// to the names of the changed fields (KeyUpdate.Apply; also on *ev). A change is delivered as an
 	// invalidation of the key's hash, like a revocation, whatever it changed. A revoked key is
-	// refused with ErrKeyRevoked (and nothing written).
+	// refused with ErrKeyRevoked, and a key replaced by a roll with ErrAlreadyRolled (update
+	// the replacement; an update could otherwise bring a rolled-out key back), nothing
+	// written.
 	UpdateKey(ctx context.Context, instance, id string, u KeyUpdate, ev *Event) (Key, error)
 	// ExpireKey moves a key's expiry earlier to `at` (never later) and returns it.
 	ExpireKey(ctx context.Context, instance, id string, at time.Time) (Key, error)

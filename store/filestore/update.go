@@ -18,6 +18,9 @@ func (s *Store) UpdateKey(_ context.Context, instance, id string, u store.KeyUpd
 		if r.RevokedAt != 0 {
 			return false, store.ErrKeyRevoked
 		}
+		if r.ReplacedBy != "" {
+			return false, store.ErrAlreadyRolled
+		}
 		old, err := r.key(instance)
 		if err != nil {
 			return false, err

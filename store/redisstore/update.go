@@ -83,6 +83,9 @@ func (s *Store) UpdateKey(ctx context.Context, instance, id string, u store.KeyU
 		if err == nil && !old.RevokedAt.IsZero() {
 			err = store.ErrKeyRevoked
 		}
+		if err == nil && old.ReplacedBy != "" {
+			err = store.ErrAlreadyRolled
+		}
 		if err != nil {
 			return finish(store.Key{}, err)
 		}

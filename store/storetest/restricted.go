@@ -420,3 +420,33 @@ func testRollKeepsRestrictions(x *suite) {
 		t.Errorf("the replacement does not look up")
 	}
 }
+
+
+// A key replaced by a roll is not updated (ErrAlreadyRolled, nothing written): an update
+// could bring a rolled-out key back, a later expiry on a key rolled with no grace.
+func testUpdateRolled(x *suite) {
+	t := x.t
+	in := x.instance("acme", apikey.Sandbox)
+	old, _ := NewKey(t, in.ID, in.Environment, "old", x.now)
+	if err := x.s.CreateKey(x.ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	next, _ := NewKey(t, in.ID, in.Environment, "next", x.now)
+	if _, err := x.s.RollKey(x.ctx, in.ID, old.ID, next, x.now, nil); err != nil {
+		t.Fatal(err)
+	}
+	before, beforeLookup := x.get(in.ID, old.ID), x.lookup(old.Hash)
+	later := x.now.Add(365 * 24 * time.Hour)
+	_, err := x.s.UpdateKey(x.ctx, in.ID, old.ID, store.KeyUpdate{ExpiresAt: &later}, nil)
+	wantErr(t, "UpdateKey of a rolled key", err, store.ErrAlreadyRolled)
+	if got := x.get(in.ID, old.ID); !reflect.DeepEqual(got, before) {
+		t.Errorf("refused UpdateKey changed the rolled key:\n%+v\nwas\n%+v", got, before)
+	}
+	if got := x.lookup(old.Hash); !reflect.DeepEqual(got, beforeLookup) {
+		t.Errorf("refused UpdateKey changed the rolled key's lookup:\n%+v\nwas\n%+v", got, beforeLookup)
+	}
+	// The replacement is updated as usual.
+	if _, err := x.s.UpdateKey(x.ctx, in.ID, next.ID, store.KeyUpdate{ExpiresAt: &later}, nil); err != nil {
+		t.Fatalf("UpdateKey of the replacement: %v", err)
+	}
+}

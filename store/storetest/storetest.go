@@ -66,6 +66,7 @@ func Run(t *testing.T, open func(t *testing.T, failPoint func(step string) error
 		{"RestrictionsRoundTrip", testRestrictionsRoundTrip},
 		{"UpdateKeyChangesFieldsAndRecordsThem", testUpdateKey},
 		{"UpdateKeyRefusesRevokedKeyWritingNothing", testUpdateRevoked},
+		{"UpdateKeyRefusesRolledKey", testUpdateRolled},
 		{"UpdateKeyMovesExpiryEitherWay", testUpdateExpiry},
 		{"ConcurrentUpdatesLastWriterWinsOneEventEach", testConcurrentUpdates},
 		{"RollReplacementKeepsRestrictions", testRollKeepsRestrictions},
