@@ -174,8 +174,10 @@ func TestFloodBadChecksums(t *testing.T) {
 	if many["401 invalid_api_key"] != 2000 {
 		t.Fatalf("2000 addresses: %v", many)
 	}
-	if one["401 invalid_api_key"] != 20 || one["429 too_many_failed_attempts"] != 480 {
-		t.Fatalf("one address: %v, want 20 refused 401 and then 429", one)
+	// Bad checksums cost no lookup, so they are not admitted one by one: requests racing on
+	// the 8 connections may each pass the check before the 20th failure is counted.
+	if n := one["401 invalid_api_key"]; n < 20 || n > 27 || n+one["429 too_many_failed_attempts"] != 500 {
+		t.Fatalf("one address: %v, want 20 (up to 7 more racing) refused 401 and then 429", one)
 	}
 }
 
