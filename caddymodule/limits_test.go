@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keygate/keygate/apikey"
 	"github.com/keygate/keygate/internal/redistest"
 	"github.com/keygate/keygate/store"
 )
@@ -41,15 +40,7 @@ http://127.0.0.1:%d {
 
 func mintLimited(t *testing.T, s store.Store, rl *store.RateLimit, q *store.Quota) (string, store.Key) {
 	t.Helper()
-	secret, k, err := store.Mint(apikey.Hasher{}, store.Instance{ID: "acme-sandbox", Environment: apikey.Sandbox}, "limited", time.Time{}, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	k.RateLimit, k.Quota = rl, q
-	if err := s.CreateKey(context.Background(), k); err != nil {
-		t.Fatal(err)
-	}
-	return secret, k
+	return mintSandbox(t, s, func(k *store.Key) { k.RateLimit, k.Quota = rl, q })
 }
 
 // A key's rate limit and quota in real Caddy: the RateLimit-* headers on every answer for a

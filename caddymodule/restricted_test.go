@@ -58,22 +58,31 @@ http://127.0.0.1:%d {
 `, filepath.Join(t.TempDir(), "keys.db"), port, up, up, up)
 }
 
-func mintRestricted(t *testing.T, s store.Store, scopes []string, ips []string, meta map[string]string) (string, store.Key) {
+// mintSandbox stores a new key of acme-sandbox, set up by with, and returns its secret.
+func mintSandbox(t *testing.T, s store.Store, with func(*store.Key)) (string, store.Key) {
 	t.Helper()
-	secret, k, err := store.Mint(apikey.Hasher{}, store.Instance{ID: "acme-sandbox", Environment: apikey.Sandbox}, "restricted", time.Time{}, time.Now())
+	secret, k, err := store.Mint(apikey.Hasher{}, store.Instance{ID: "acme-sandbox", Environment: apikey.Sandbox}, "test key", time.Time{}, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
-	k.Scopes, k.Metadata = scopes, meta
-	if ips != nil {
-		if k.AllowedIPs, err = store.ParseAllowedIPs(ips); err != nil {
-			t.Fatal(err)
-		}
-	}
+	with(&k)
 	if err := s.CreateKey(context.Background(), k); err != nil {
 		t.Fatal(err)
 	}
 	return secret, k
+}
+
+func mintRestricted(t *testing.T, s store.Store, scopes []string, ips []string, meta map[string]string) (string, store.Key) {
+	t.Helper()
+	return mintSandbox(t, s, func(k *store.Key) {
+		k.Scopes, k.Metadata = scopes, meta
+		if ips != nil {
+			var err error
+			if k.AllowedIPs, err = store.ParseAllowedIPs(ips); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
 }
 
 // Every row of a restricted key, in real Caddy: allowed addresses, required scopes (one,
