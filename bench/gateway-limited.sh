@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Gateway throughput with the per-key limits on, side by side in one run (target: nora_auth
+# with a limited key at least 0.95 x plain reverse_proxy, median of interleaved rounds):
+#   plain    — Caddy reverse_proxy, no auth
+#   nora     — nora_auth + reverse_proxy, a key with no limits (checked from the cache)
+#   limited  — the same site, a key with a rate limit and a quota far above the offered load
+#              (counted locally, leased from the store in the background)
+# One keygate process on the file store, in front of one upstream (a Caddy `respond`).
+# Needs wrk (apt-get install -y wrk). Usage: bench/gateway-limited.sh [seconds] [connections] [rounds]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-10}
+conns=${2:-32}
+rounds=${3:-3}
+command -v wrk >/dev/null || { echo "wrk not found: apt-get install -y wrk" >&2; exit 1; }
+
+work=$(mktemp -d)
+trap 'kill $(cat "$work/pid" 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
+go build -o "$work/keygate" ./cmd/keygate
+
+token=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+cat > "$work/Caddyfile" <<CADDY
+{
+	admin off
+	auto_https off
+	nora {
+		store file $work/keys.db
+		instance bench sandbox "Bench"
+	}
+}
+http://127.0.0.1:18111 {
+	reverse_proxy 127.0.0.1:18110
+}
+http://127.0.0.1:18112 {
+	nora_auth
+	reverse_proxy 127.0.0.1:18110
+}
+http://127.0.0.1:18110 {
+	respond "ok"
+}
+http://127.0.0.1:18115 {
+	nora_admin {
+		token $token apiKey.create
+	}
+}
+CADDY
+"$work/keygate" run --config "$work/Caddyfile" > "$work/log" 2>&1 &
+echo $! > "$work/pid"
+for _ in $(seq 100); do curl -s -o /dev/null 127.0.0.1:18115/healthz && break; sleep 0.1; done
+sleep 0.5
+create() { # JSON body → the new key's secret
+	curl -s -X POST -H "Authorization: Bearer $token" -d "$1" 127.0.0.1:18115/v1/instances/bench/keys |
+		sed -n 's/.*"secret":"\([^"]*\)".*/\1/p'
+}
+key=$(create '{"name":"bench"}')
+# 1,000,000 per second and 10^12 in all: far above what wrk offers on any machine.
+lkey=$(create '{"name":"bench-limited","rate_limit":{"limit":1000000,"window_seconds":1},"quota":{"limit":1000000000000,"period":"total"}}')
+[ -n "$key" ] && [ -n "$lkey" ] || { echo "could not create the keys"; cat "$work/log"; exit 1; }
+hdr=$(curl -sf -D - -o /dev/null -H "Authorization: Bearer $lkey" 127.0.0.1:18112/ | tr -d '\r' | grep -i '^ratelimit-limit:' || true)
+[ -n "$hdr" ] || { echo "the limited key's answer carries no RateLimit-Limit"; exit 1; }
+curl -sf -H "Authorization: Bearer $key" 127.0.0.1:18112/ > /dev/null # warm the cache
+
+rps() { # port key → requests per second (non-2xx answers make the run fail)
+	out=$(wrk -t1 -c"$conns" -d"${secs}s" -H "Authorization: Bearer $2" "http://127.0.0.1:$1/")
+	if grep -q 'Non-2xx' <<<"$out"; then echo "non-2xx answers on :$1: $out" >&2; exit 1; fi
+	awk '/Requests\/sec/ {print $2}' <<<"$out"
+}
+echo "keygate gateway throughput with per-key limits, $(date -u +%FT%TZ), $(nproc) CPUs, $rounds rounds of wrk -t1 -c$conns -d${secs}s each, interleaved"
+declare -A all
+for r in $(seq "$rounds"); do
+	for site in plain:18111:$key nora:18112:$key limited:18112:$lkey; do
+		IFS=: read -r n port k <<<"$site"
+		v=$(rps "$port" "$k")
+		echo "round $r  $n  $v req/s"
+		all[$n]="${all[$n]:-} $v"
+	done
+done
+median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+p=$(median "${all[plain]}"); n=$(median "${all[nora]}"); l=$(median "${all[limited]}")
+awk -v p="$p" -v n="$n" -v l="$l" 'BEGIN {
+	printf "median  plain %.0f  nora_auth %.0f  nora_auth+limits %.0f req/s\n", p, n, l
+	printf "ratios  limited/plain %.3f (target >= 0.95)   limited/nora_auth %.3f   nora_auth/plain %.3f\n", l/p, l/n, n/p
+}'
