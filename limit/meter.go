@@ -199,11 +199,13 @@ type counter struct {
 	name        string    // the counter now leased from
 	end         time.Time // when it stops counting (zero: never)
 	limit       int64
-	avail       int64 // leased, not spent
-	used        int64 // the counter's value at the last lease (units leased by every gateway)
-	spent       int64 // units this process spent of this counter (for the lease size)
-	spentAt     time.Time
-	exhausted   bool // a lease came back short: nothing left in this counter
+	avail       int64     // leased, not spent
+	used        int64     // the counter's value at the last lease (units leased by every gateway)
+	spent       int64     // units spent since spentAt (for the lease size)
+	spentAt     time.Time // the start of the current rate interval
+	rate        float64   // units per second over the last rate interval
+	lastSize    int64     // the last lease size computed
+	exhausted   bool      // a lease came back short: nothing left in this counter
 	exhaustedAt time.Time
 	failedAt    time.Time     // the last lease that failed
 	pending     bool          // a background top-up is queued or running
@@ -285,7 +287,8 @@ func (c *counter) take(now time.Time, limit int64, spec rateSpec) (ok bool, rema
 	c.avail--
 	c.spent++
 	// Top up in the background before running out; take the next window's units ahead.
-	if !c.pending && !c.exhausted && c.avail*2 < c.size(now) {
+	// (lastSize: the size at the last lease, so that a request needs no arithmetic.)
+	if !c.pending && !c.exhausted && c.avail*2 < c.lastSize {
 		c.pending = true
 		c.m.enqueue(c)
 	}
@@ -332,16 +335,31 @@ func (c *counter) remaining() int64 {
 // size is the next lease's size: about what this process spends in a tenth of a second,
 // at least 1, at most 1/32 of the limit.
 func (c *counter) size(now time.Time) int64 {
-	n := int64(1)
-	if !c.spentAt.IsZero() {
-		if el := now.Sub(c.spentAt); el > 0 {
-			n = int64(float64(c.spent) * float64(100*time.Millisecond) / float64(el))
-		}
-	} else {
+	// The spending rate over the last quarter of a second, or over the part of the current
+	// quarter gone by if it is faster (a key that was idle and turns busy).
+	if c.spentAt.IsZero() {
 		c.spentAt = now
 	}
-	return max(1, min(n, c.limit/maxLeaseShare))
+	el := now.Sub(c.spentAt)
+	if el >= rateInterval {
+		c.rate = float64(c.spent) / el.Seconds()
+		c.spent, c.spentAt, el = 0, now, 0
+	}
+	r := c.rate
+	if el >= time.Millisecond {
+		r = max(r, float64(c.spent)/el.Seconds())
+	}
+	n := max(1, min(int64(r*leaseSpan.Seconds()), c.limit/maxLeaseShare))
+	c.lastSize = n
+	return n
 }
+
+// A lease is about leaseSpan of the key's spending at this gateway, measured over
+// rateInterval.
+const (
+	leaseSpan    = 100 * time.Millisecond
+	rateInterval = 250 * time.Millisecond
+)
 
 // add books a lease's answer.
 func (c *counter) add(granted, used, asked int64) {
@@ -390,7 +408,9 @@ func (c *counter) topUp() {
 	now := c.m.now()
 	n := c.size(now)
 	// One lease of a counter at a time: a request that finds no unit waits for this one.
-	needNow := !c.exhausted && c.avail*2 < n && c.inflight == nil
+	// Top up to one lease: a gateway never holds more than one lease's worth of a counter.
+	ask := n - c.avail
+	needNow := !c.exhausted && c.avail*2 < n && ask > 0 && c.inflight == nil
 	var ch chan struct{}
 	if needNow {
 		ch = make(chan struct{})
@@ -399,10 +419,10 @@ func (c *counter) topUp() {
 	wantNext, spec := c.wantNext, c.spec
 	c.mu.Unlock()
 	if needNow {
-		granted, used, err := c.lease(name, limit, n, end)
+		granted, used, err := c.lease(name, limit, ask, end)
 		c.mu.Lock()
 		if err == nil && c.name == name {
-			c.add(granted, used, n)
+			c.add(granted, used, ask)
 		} else if err != nil {
 			c.m.logger.Debug("leasing a key's units", zap.String("key_id", c.id), zap.Error(err))
 		}
