@@ -421,7 +421,6 @@ func testRollKeepsRestrictions(x *suite) {
 	}
 }
 
-
 // A key replaced by a roll is not updated (ErrAlreadyRolled, nothing written): an update
 // could bring a rolled-out key back, a later expiry on a key rolled with no grace.
 func testUpdateRolled(x *suite) {
