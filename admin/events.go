@@ -14,7 +14,10 @@ type Event struct {
 	KeyID    string `json:"key_id"`
 	NewKeyID string `json:"new_key_id,omitempty"`
 	// Fields are the names of the fields an api_key.updated changed (absent otherwise).
-	Fields    []string  `json:"fields,omitempty"`
+	Fields []string `json:"fields,omitempty"`
+	// URL and Source say where an api_key.leaked key was found (absent otherwise).
+	URL       string    `json:"url,omitempty"`
+	Source    string    `json:"source,omitempty"`
 	Actor     string    `json:"actor"`
 	CreatedAt time.Time `json:"created_at"`
 }
@@ -37,7 +40,8 @@ func (a *API) listEvents(w http.ResponseWriter, r *http.Request, t *Token) error
 	out := List[Event]{Object: "list", Data: make([]Event, 0, len(events)), HasMore: more}
 	for _, e := range events {
 		out.Data = append(out.Data, Event{Object: "event", ID: e.ID, Type: e.Type, Instance: e.Instance,
-			KeyID: e.KeyID, NewKeyID: e.NewKeyID, Fields: e.Fields, Actor: e.Actor, CreatedAt: e.CreatedAt.UTC()})
+			KeyID: e.KeyID, NewKeyID: e.NewKeyID, Fields: e.Fields, URL: e.URL, Source: e.Source, Actor: e.Actor,
+			CreatedAt: e.CreatedAt.UTC()})
 	}
 	writeJSON(w, http.StatusOK, out)
 	return nil

@@ -127,6 +127,9 @@ const (
 	EventKeyCreated = "api_key.created"
 	EventKeyRevoked = "api_key.revoked"
 	EventKeyRolled  = "api_key.rolled"
+	// EventKeyLeaked: a key was reported leaked (by GitHub's secret scanning): revoked, or
+	// recorded only for a sandbox key in report mode.
+	EventKeyLeaked = "api_key.leaked"
 )
 
 // Event is an entry of an instance's audit trail.
@@ -137,8 +140,11 @@ type Event struct {
 	KeyID    string `json:"key_id"`
 	NewKeyID string `json:"new_key_id,omitempty"` // rolls only
 	// Fields are the names of the fields an update changed (api_key.updated only).
-	Fields    []string  `json:"fields,omitempty"`
-	Actor     string    `json:"actor"` // the admin token's name
+	Fields []string `json:"fields,omitempty"`
+	// URL and Source say where a leaked key was found (api_key.leaked only).
+	URL       string    `json:"url,omitempty"`
+	Source    string    `json:"source,omitempty"`
+	Actor     string    `json:"actor"` // the admin token's name, or who else acted
 	CreatedAt time.Time `json:"created_at"`
 }
 
