@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"regexp"
 	"sort"
 	"strconv"
@@ -233,6 +234,11 @@ func TestFloodSignedKeysFromManyAddresses(t *testing.T) {
 	}
 	if status, _ := g.call(t, "192.0.2.1", valid); status != 200 {
 		t.Fatalf("the signed key after the flood: %d", status)
+	}
+	// The signing secret never appears in the gateway's log (it runs with debug logging off,
+	// but logs its config load, warnings and refusals).
+	if b, err := os.ReadFile(g.log); err != nil || strings.Contains(string(b), floodSecret) {
+		t.Fatalf("the gateway log holds the signing secret (or cannot be read: %v)", err)
 	}
 }
 
