@@ -50,7 +50,8 @@ type Store struct {
 	db   *bolt.DB
 	opts Options
 	store.Watchers
-	c counters
+	c     counters
+	fleet gateways
 }
 
 // ErrHeld is Open's error when another process holds the file: bbolt locks it for one

@@ -41,6 +41,7 @@ func (s *Store) listen(ctx context.Context) {
 			// Nothing is cached before the first position is known, so nothing to replay.
 			cursor = id
 			caughtUp = false
+			s.ack(ctx, cursor) // everything before it is applied: there was nothing to apply
 		}
 		wait := block
 		if !caughtUp {
@@ -55,6 +56,7 @@ func (s *Store) listen(ctx context.Context) {
 			caughtUp = true
 			s.setHealthy(true)
 			backoff = 50 * time.Millisecond
+			s.ack(ctx, cursor) // idle: a gateway id set since the last batch is acknowledged now
 			continue
 		}
 		if err != nil {
@@ -94,6 +96,8 @@ func (s *Store) listen(ctx context.Context) {
 			caughtUp = true
 			s.setHealthy(true)
 		}
+		// The batch is delivered: acknowledge it (one write a batch, not an entry).
+		s.ack(ctx, cursor)
 		backoff = 50 * time.Millisecond
 	}
 	s.setHealthy(false)

@@ -16,6 +16,8 @@
 //	P h:<hex sha256>            HASH   lookup entry: id, instance, env, exp, rev, scopes, ips,
 //	                                   meta, rl, quota
 //	P inval                     STREAM invalidations: field h = hex hash ("*" = flush all)
+//	P{fleet}:gateways           HASH   gateway id → "<last seen ms> <started ms> <hostname>"
+//	P{fleet}:acks               HASH   gateway id → stream id its listener has delivered up to
 //
 // Times are Unix milliseconds.
 package redisstore
@@ -77,6 +79,14 @@ type Store struct {
 
 	mu      sync.Mutex
 	healthy bool
+
+	// The fleet's acknowledgements (fleet.go): ackMu guards ackID and published; acked
+	// and ackedID, what the listener last wrote, are the listener's own.
+	ackMu     sync.Mutex
+	ackID     string
+	published string
+	acked     string
+	ackedID   string
 
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -659,10 +669,14 @@ func (w *writes) invalidate(ctx context.Context, h apikey.Hash, err error) error
 }
 
 func (s *Store) publish(ctx context.Context, c redis.Cmdable, h apikey.Hash) error {
-	return c.XAdd(ctx, &redis.XAddArgs{
+	id, err := c.XAdd(ctx, &redis.XAddArgs{
 		Stream: s.kStream(), MaxLen: s.opts.StreamMaxLen, Approx: true,
 		Values: []string{"h", hex.EncodeToString(h[:])},
-	}).Err()
+	}).Result()
+	if err == nil {
+		s.notePublished(id) // the position a writer waits for (fleet.Registry.Published)
+	}
+	return err
 }
 
 // TouchKey implements store.Store.
