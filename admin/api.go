@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/keygate/keygate/apikey"
+	"github.com/keygate/keygate/fleet"
 	"github.com/keygate/keygate/internal/wire"
 	"github.com/keygate/keygate/store"
 )
@@ -36,6 +37,10 @@ type API struct {
 	// Ready, when set, says whether start-up is complete (the configured instances exist):
 	// until it does, /healthz answers 503.
 	Ready func() bool
+	// Fleet, when set, is the gateway this API runs in: GET /v1/gateways lists its fleet,
+	// and a revoke, a roll with no grace and every update wait (at most a second) for the
+	// fleet to apply them, and say so in "propagation".
+	Fleet *fleet.Member
 
 	mux *http.ServeMux
 }
@@ -52,6 +57,7 @@ func NewAPI(s store.Store, tokens []Token, hasher apikey.Hasher, logger *zap.Log
 	m := http.NewServeMux()
 	m.HandleFunc("GET /healthz", a.healthz)
 	m.HandleFunc("GET /v1/me", a.auth(a.me))
+	m.HandleFunc("GET /v1/gateways", a.auth(a.listGateways))
 	m.HandleFunc("GET /v1/instances", a.auth(a.listInstances))
 	m.HandleFunc("POST /v1/instances", a.auth(a.createInstance, PermInstance))
 	m.HandleFunc("GET /v1/instances/{instance}/keys", a.auth(a.listKeys, PermRead))

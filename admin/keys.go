@@ -45,6 +45,9 @@ type Key struct {
 	QuotaResetsAt *time.Time `json:"quota_resets_at"`
 	// Secret is set only in the answer to a create or roll.
 	Secret string `json:"secret,omitempty"`
+	// Propagation is set in the answers to a revoke, a roll with no grace and an update:
+	// how many gateways had applied the change when the answer was sent.
+	Propagation *Propagation `json:"propagation,omitempty"`
 }
 
 func timePtr(t time.Time) *time.Time {
@@ -173,7 +176,7 @@ func (a *API) createKey(w http.ResponseWriter, r *http.Request, t *Token) error 
 		return err
 	}
 	a.event(ctx, store.Event{Type: store.EventKeyCreated, Instance: instance, KeyID: k.ID, Actor: t.Name, CreatedAt: now})
-	writeCreated(w, k, secret, now)
+	writeCreated(w, k, secret, now, nil)
 	return nil
 }
 
@@ -227,7 +230,9 @@ func (a *API) revokeKey(w http.ResponseWriter, r *http.Request, t *Token) error 
 	if err != nil {
 		return err
 	}
+	prop := a.confirm(ctx)
 	out, _ := a.keyWithUse(ctx, k, now, true)
+	out.Propagation = prop
 	writeJSON(w, http.StatusOK, out)
 	return nil
 }
@@ -317,7 +322,11 @@ func (a *API) rollKey(w http.ResponseWriter, r *http.Request, t *Token) error {
 			return err
 		}
 	}
-	writeCreated(w, next, secret, now)
+	var prop *Propagation
+	if grace == 0 { // the old key stopped working: say where
+		prop = a.confirm(ctx)
+	}
+	writeCreated(w, next, secret, now, prop)
 	return nil
 }
 
@@ -362,7 +371,7 @@ func newEvent(typ, instance, keyID, newKeyID, actor string, at time.Time) (store
 
 // writeCreated answers a create or roll: 201, the new key and, this once, its secret. A new
 // key has used none of its quota (its counters are its own).
-func writeCreated(w http.ResponseWriter, k store.Key, secret string, now time.Time) {
+func writeCreated(w http.ResponseWriter, k store.Key, secret string, now time.Time, prop *Propagation) {
 	out := keyJSON(k, now)
 	if k.Quota != nil {
 		var zero int64
@@ -370,6 +379,7 @@ func writeCreated(w http.ResponseWriter, k store.Key, secret string, now time.Ti
 		out.QuotaUsed, out.QuotaResetsAt = &zero, timePtr(end)
 	}
 	out.Secret = secret
+	out.Propagation = prop
 	writeJSON(w, http.StatusCreated, out)
 }
 

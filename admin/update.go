@@ -108,7 +108,11 @@ func (a *API) updateKey(w http.ResponseWriter, r *http.Request, t *Token) error 
 	if err != nil {
 		return err
 	}
+	// Every update is published as an invalidation (the store does not tell a narrowing
+	// from a widening), so every update waits for the fleet to apply it.
+	prop := a.confirm(ctx)
 	out, _ := a.keyWithUse(ctx, k, now, true)
+	out.Propagation = prop
 	writeJSON(w, http.StatusOK, out)
 	return nil
 }

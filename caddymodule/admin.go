@@ -167,6 +167,7 @@ func (h *Admin) getAPI() *admin.API {
 	}
 	api.Ready = h.app.InstancesReady
 	api.Signer = h.app.signer
+	api.Fleet = h.app.Fleet()
 	h.lazy.api.Store(api)
 	return api
 }

@@ -22,6 +22,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/keygate/keygate/apikey"
+	"github.com/keygate/keygate/fleet"
 	"github.com/keygate/keygate/limit"
 	"github.com/keygate/keygate/store"
 	"github.com/keygate/keygate/store/filestore"
@@ -579,10 +580,18 @@ func (a *App) Verifier() *verify.Verifier { return a.verRes.get() }
 // KeyStore returns the process' store; it is set once the app has started.
 func (a *App) KeyStore() store.Store { return a.storeRes.get() }
 
+// Fleet returns this process' gateway in the store's fleet (nil before the app has started).
+func (a *App) Fleet() *fleet.Member {
+	a.storeRes.mu.Lock()
+	defer a.storeRes.mu.Unlock()
+	return a.storeRes.member
+}
+
 // storeResource is a pooled store, opened on first Start and closed when the last config
 // using it is cleaned up.
 type storeResource struct {
 	meter  *limit.Meter
+	member *fleet.Member // this process' gateway in the store's fleet
 	cfg    storeSettings
 	logger *zap.Logger
 	mu     sync.Mutex
@@ -604,6 +613,25 @@ func (r *storeResource) open() (store.Store, error) {
 	if l, ok := s.(store.Leaser); ok {
 		// The keys' rate limits and quotas, leased from this store's counters.
 		r.meter = limit.NewMeter(l, limit.MeterConfig{Timeout: r.cfg.Redis.Timeout, Logger: r.logger})
+	}
+	if reg, ok := s.(fleet.Registry); ok {
+		// This process joins the store's fleet: it heartbeats, and its invalidation listener
+		// acknowledges what it has applied, until the store closes.
+		var last time.Time
+		m, err := fleet.Join(reg, fleet.Options{
+			ObserveConfirm: func(d time.Duration) { revocationConfirm.Observe(d.Seconds()) },
+			OnError: func(err error) {
+				if time.Since(last) > 10*time.Second {
+					last = time.Now()
+					r.logger.Warn("fleet heartbeat failed", zap.Error(err))
+				}
+			},
+		})
+		if err != nil {
+			s.Close()
+			return nil, fmt.Errorf("joining the fleet: %v", err)
+		}
+		r.member = m
 	}
 	r.cur.Store(&s)
 	return s, nil
@@ -634,6 +662,10 @@ func (r *storeResource) Destruct() error {
 	if r.meter != nil {
 		r.meter.Close()
 		r.meter = nil
+	}
+	if r.member != nil {
+		r.member.Close() // leaves the fleet at once, rather than after its timeout
+		r.member = nil
 	}
 	err := r.s.Close()
 	r.s = nil

@@ -35,6 +35,12 @@ var (
 		Buckets: []float64{.0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 5},
 	})
 
+	revocationConfirm = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: "keygate", Name: "revocation_confirm_seconds",
+		Help:    "From a revoke, roll or update made through this admin endpoint to every live gateway's acknowledgement (or the one-second wait's end).",
+		Buckets: []float64{.0005, .001, .002, .005, .01, .02, .05, .1, .25, .5, 1, 2},
+	})
+
 	// currentVerifier is the verifier of the latest started config, read by the cache metrics.
 	currentVerifier atomic.Pointer[verify.Verifier]
 	// currentFailed is the failed-attempt limiter of the latest started config (nil: off).
@@ -78,7 +84,7 @@ func registerMetrics(reg prometheus.Registerer) error {
 	if reg == nil {
 		return nil
 	}
-	for _, c := range append([]prometheus.Collector{verificationsVec, storeLatency, invalidationLag, failedClients}, statCollectors...) {
+	for _, c := range append([]prometheus.Collector{verificationsVec, storeLatency, invalidationLag, revocationConfirm, failedClients}, statCollectors...) {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {
