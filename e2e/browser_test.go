@@ -673,6 +673,11 @@ func (e *pageEnv) testCreateUseRevoke(t *testing.T) {
 	tb.do(chromedp.Click(chromedp.ID("revoke-submit")))
 	tb.waitJS(`!document.getElementById('revoke-dialog').open`, "the revoke dialog closes")
 	tb.waitJS(rowExpr("Production server")+`.dataset.status === 'revoked'`, "the row says revoked")
+	// The page says how far the revocation went: one gateway (the file store's), confirmed.
+	tb.waitJS(`!document.getElementById('notice').hidden`, "the propagation notice shows")
+	if n := js[string](tb, `document.getElementById('notice').textContent`); n != "Revoked — confirmed by 1 of 1 gateway." {
+		t.Errorf("the propagation notice says %q", n)
+	}
 	if r := tb.row("Production server"); r["status"] != "revoked" || r["trash"] != "0" {
 		t.Fatalf("after revoking, the row is %v", r)
 	}

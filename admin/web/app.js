@@ -623,6 +623,30 @@
     var row = document.querySelector('tr[data-key-id="' + CSS.escape(done.id) + '"] td.name');
     state.opener = row;
     closeRevoke();
+    showPropagation(done);
+  }
+
+  // After a revoke: how many of the live gateways had applied it when the call answered
+  // (the call waits at most a second), naming those that had not.
+  function showPropagation(k) {
+    var n = $('notice');
+    var p = k.propagation;
+    if (!p) {
+      n.hidden = true;
+      return;
+    }
+    var text = 'Revoked — confirmed by ' + p.confirmed + ' of ' + p.gateways + ' gateway' + (p.gateways === 1 ? '' : 's');
+    var missing = (p.missing || []).map(function (g) { return g.hostname ? g.id + ' (' + g.hostname + ')' : g.id; });
+    if (missing.length) {
+      text += '; not yet confirmed by ' + missing.join(', ') + '. It will refuse the key once it catches up, or drop out of the fleet within 10 s.';
+    } else {
+      text += '.';
+    }
+    n.textContent = text;
+    n.className = 'notice' + (p.confirmed < p.gateways ? ' partial' : '');
+    n.dataset.confirmed = String(p.confirmed);
+    n.dataset.gateways = String(p.gateways);
+    n.hidden = false;
   }
 
   function restoreFocus() {

@@ -82,7 +82,8 @@ The admin token is read from the NORA_ADMIN_TOKEN environment variable only
       (100/1s) and its quota use (1234/10000 today, this month or in total).
 
   keygate keys revoke --instance ID KEY_ID
-      Prints "revoked KEY_ID (name)". Revoking a revoked key succeeds.
+      Prints "revoked KEY_ID (name) — confirmed by M of N gateways".
+      Revoking a revoked key succeeds.
 
   keygate keys roll --instance ID KEY_ID [--grace DURATION]
       Replaces the key with a new one (same name and expiry) and prints the
@@ -346,8 +347,11 @@ func (c *keysCLI) revokeCmd() *cobra.Command {
 		Use:   "revoke --instance ID KEY_ID",
 		Short: "Revokes a key at once",
 		Long: `Revokes a key: every gateway refuses it within a second. Prints
-"revoked KEY_ID (name)" (with --json: the key object). Revoking a key that is
-already revoked succeeds and changes nothing.`,
+"revoked KEY_ID (name) — confirmed by M of N gateways" (with --json: the key
+object, with its propagation): the call waits, at most a second, until every
+live gateway has applied the revocation; a gateway that has not (frozen, or cut
+off from the store) is named on standard error. Revoking a key that is already
+revoked succeeds and changes nothing.`,
 	}, &instance, func(cmd *cobra.Command, args []string) error {
 		id, err := oneKeyID(args)
 		if err != nil {
@@ -368,6 +372,13 @@ already revoked succeeds and changes nothing.`,
 		}
 		if c.json {
 			return c.printJSON(k)
+		}
+		if p := k.Propagation; p != nil {
+			_, err = fmt.Fprintf(c.stdout, "revoked %s (%s) — confirmed by %d of %d gateways\n", k.ID, clean(k.Name), p.Confirmed, p.Gateways)
+			for _, g := range p.Missing {
+				fmt.Fprintf(c.stderr, "not confirmed by gateway %s (%s) within a second\n", g.ID, clean(g.Hostname))
+			}
+			return err
 		}
 		_, err = fmt.Fprintf(c.stdout, "revoked %s (%s)\n", k.ID, clean(k.Name))
 		return err
