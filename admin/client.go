@@ -81,6 +81,15 @@ func (c *Client) Instances(ctx context.Context) (List[Instance], error) {
 	return out, err
 }
 
+// Gateways returns the live gateways of the fleet (any valid token).
+func (c *Client) Gateways(ctx context.Context) ([]Gateway, error) {
+	var out struct {
+		Data []Gateway `json:"data"`
+	}
+	err := c.do(ctx, http.MethodGet, "/v1/gateways", nil, nil, &out)
+	return out.Data, err
+}
+
 // CreateInstance creates an instance (permission instance.manage).
 func (c *Client) CreateInstance(ctx context.Context, id, name, environment string) (Instance, error) {
 	var out Instance

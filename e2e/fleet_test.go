@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"os/exec"
 	"syscall"
 	"testing"
 	"time"
@@ -119,6 +121,18 @@ type revoked struct {
 	} `json:"propagation"`
 }
 
+func cliKey(t *testing.T, s *redisstore.Store) store.Key {
+	t.Helper()
+	_, k, err := store.Mint(apikey.Hasher{}, store.Instance{ID: "acme-sandbox", Environment: apikey.Sandbox}, "fleet", time.Time{}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateKey(context.Background(), k); err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
 func revokeVia(t *testing.T, g *fleetGateway, s *redisstore.Store) (revoked, time.Duration) {
 	t.Helper()
 	_, k, err := store.Mint(apikey.Hasher{}, store.Instance{ID: "acme-sandbox", Environment: apikey.Sandbox}, "fleet", time.Time{}, time.Now())
@@ -160,6 +174,21 @@ func TestFleetListsConfirmsAndSurvivesFrozenAndKilledGateways(t *testing.T) {
 		if p := out.Propagation; p.Gateways != 3 || p.Confirmed != 3 || d > 200*time.Millisecond {
 			t.Errorf("all live: %+v in %v", *p, d)
 		}
+	}
+
+	// The CLI says it too, and --json carries the propagation.
+	k := cliKey(t, s)
+	cli := exec.Command(binary, "keys", "revoke", "--admin", gws[0].admin, "--instance", "acme-sandbox", k.ID)
+	cli.Env = append(os.Environ(), "NORA_ADMIN_TOKEN="+fleetToken)
+	if b, err := cli.Output(); err != nil || string(b) != "revoked "+k.ID+" (fleet) — confirmed by 3 of 3 gateways\n" {
+		t.Errorf("keys revoke: %q, %v", b, err)
+	}
+	k = cliKey(t, s)
+	cli = exec.Command(binary, "keys", "revoke", "--json", "--admin", gws[0].admin, "--instance", "acme-sandbox", k.ID)
+	cli.Env = append(os.Environ(), "NORA_ADMIN_TOKEN="+fleetToken)
+	var j revoked
+	if b, err := cli.Output(); err != nil || json.Unmarshal(b, &j) != nil || j.Propagation == nil || j.Propagation.Confirmed != 3 || j.Propagation.Gateways != 3 {
+		t.Errorf("keys revoke --json: %s, %v", b, err)
 	}
 
 	// A frozen gateway (its heartbeat still fresh): the revoke answers within about a

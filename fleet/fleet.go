@@ -184,18 +184,14 @@ func (m *Member) Confirm(ctx context.Context, wait time.Duration) (Propagation, 
 	}
 	p := Propagation{Confirmed: 1}
 	var pending []Gateway
-	self := false
 	for _, g := range gws {
 		if g.ID == m.g.ID {
-			self = true
 			continue
 		}
 		pending = append(pending, g)
 	}
+	// This gateway counts even before its first heartbeat has been stored: it is live.
 	p.Gateways = len(pending) + 1
-	if !self { // not registered yet (its first heartbeat is on its way): live all the same
-		gws = append(gws, m.g)
-	}
 	if pos != "" && len(pending) > 0 {
 		deadline := start.Add(wait)
 		t := time.NewTicker(pollEvery)
