@@ -216,3 +216,38 @@ func TestFileStoreConfirmsAtOnce(t *testing.T) {
 		t.Errorf("after Close: %d", n)
 	}
 }
+
+// On Cluster the fleet's two hashes share a slot (the {fleet} tag, or the prefix's own), so
+// the listing script, which touches both, works whatever the prefix.
+func TestClusterFleet(t *testing.T) {
+	cl := redistest.StartCluster(t)
+	for _, prefix := range []string{"nora:", "{nora}:"} {
+		t.Run(prefix, func(t *testing.T) {
+			open := func(host string) gateway {
+				s := redisstore.New(cl.Client(), redisstore.Options{KeyPrefix: prefix})
+				rec := &storetest.Recorder{}
+				unsub := s.Subscribe(rec)
+				testutil.WaitFor(t, 5*time.Second, "the store to be healthy", rec.Healthy)
+				m, err := fleet.Join(s, fleet.Options{Hostname: host})
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { m.Close(); unsub(); s.Close() })
+				return gateway{s: s, rec: rec, m: m}
+			}
+			a, b := open("a"), open("b")
+			testutil.WaitFor(t, 3*time.Second, "two gateways listed", func() bool { return len(live(t, a.m)) == 2 })
+			k := newKey(t, a.s)
+			if _, _, err := a.s.RevokeKey(context.Background(), "acme", k.ID, time.Now(), nil); err != nil {
+				t.Fatal(err)
+			}
+			p, err := a.m.Confirm(context.Background(), time.Second)
+			if err != nil || p.Gateways != 2 || p.Confirmed != 2 {
+				t.Errorf("cluster: %+v, %v", p, err)
+			}
+			if !b.rec.Invalidated(k.Hash) {
+				t.Error("b confirmed without having applied the invalidation")
+			}
+		})
+	}
+}
