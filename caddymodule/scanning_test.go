@@ -100,7 +100,16 @@ type verdict struct {
 // route (its keys from a URL or from a file) and a nora_auth route.
 func startScanning(t *testing.T, fromURL bool, sandbox string) *scanEnv {
 	t.Helper()
+	return startScanningOn(t, fromURL, sandbox, "")
+}
+
+// startScanningOn is startScanning on the store of storeLine ("": a file store).
+func startScanningOn(t *testing.T, fromURL bool, sandbox, storeLine string) *scanEnv {
+	t.Helper()
 	dir := t.TempDir()
+	if storeLine == "" {
+		storeLine = "store file " + filepath.Join(dir, "keys.db")
+	}
 	e := &scanEnv{gh: newGHSigner(t, "github-key-1"), logFile: filepath.Join(dir, "caddy.log")}
 	doc := ghKeysDoc(t, e.gh, newGHSigner(t, "github-key-0"))
 	var src string
@@ -135,7 +144,7 @@ func startScanning(t *testing.T, fromURL bool, sandbox string) *scanEnv {
 		level DEBUG
 	}
 	nora {
-		store file %s
+		%s
 		instance acme-sandbox sandbox "Acme (sandbox)"
 		instance acme-prod production "Acme (production)"
 	}
@@ -152,7 +161,7 @@ http://127.0.0.1:%d {
 		reverse_proxy %s
 	}
 }
-`, e.logFile, filepath.Join(dir, "keys.db"), port, src, sandboxLine, up.URL))
+`, e.logFile, storeLine, port, src, sandboxLine, up.URL))
 	e.s = noraApp(t).KeyStore()
 	waitInstances(t, e.s, 2)
 	return e
@@ -426,7 +435,12 @@ func TestScanningSandboxReport(t *testing.T) {
 // A full batch: ~10,000 tokens in under 1 MiB, most of them our format (each a store
 // lookup), some of them our keys (each a revocation), answered within GitHub's 10 s.
 func TestScanningLargeBatch(t *testing.T) {
-	e := startScanning(t, false, "")
+	t.Run("file store", func(t *testing.T) { testLargeBatch(t, "") })
+	t.Run("redis store", func(t *testing.T) { testLargeBatch(t, "store redis "+redistest.Start(t).URL(0)) })
+}
+
+func testLargeBatch(t *testing.T, storeLine string) {
+	e := startScanningOn(t, false, "", storeLine)
 	var batch []alert
 	var ours []string
 	for i := 0; i < 100; i++ {

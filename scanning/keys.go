@@ -139,11 +139,12 @@ type Verifier struct {
 	// Now is the clock (tests move it); nil: time.Now.
 	Now func() time.Time
 
-	mu        sync.Mutex // held during a fetch: concurrent alerts wait for it
+	mu        sync.Mutex // never held during a fetch: alerts signed by a known key never wait
 	keys      map[string]*ecdsa.PublicKey
 	lastFetch time.Time // of the last attempt, successful or not
 	lastErr   error
 	fetches   int
+	inflight  chan struct{} // closed when the fetch under way ends; nil: none
 }
 
 // NewVerifier returns a Verifier over src.
@@ -156,27 +157,57 @@ func (v *Verifier) now() time.Time {
 	return time.Now()
 }
 
-// Refresh fetches the keys now, whatever the time of the last fetch; the cached keys stay if
-// it fails.
+// Refresh fetches the keys now, whatever the time of the last fetch (or waits for the one
+// under way); the cached keys stay if it fails.
 func (v *Verifier) Refresh(ctx context.Context) error {
 	v.mu.Lock()
+	done := v.startFetchLocked(ctx)
+	v.mu.Unlock()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	v.mu.Lock()
 	defer v.mu.Unlock()
-	return v.fetchLocked(ctx)
+	return v.lastErr
 }
 
-func (v *Verifier) fetchLocked(ctx context.Context) error {
+// startFetchLocked starts a fetch unless one is under way, and returns the channel closed
+// when it ends. v.mu is held.
+func (v *Verifier) startFetchLocked(ctx context.Context) <-chan struct{} {
+	if v.inflight != nil {
+		return v.inflight
+	}
+	done := make(chan struct{})
+	v.inflight = done
 	v.lastFetch = v.now()
 	v.fetches++
-	doc, err := v.src(ctx)
-	if err == nil {
-		var keys map[string]*ecdsa.PublicKey
-		if keys, err = ParseKeys(doc); err == nil {
-			v.keys, v.lastErr = keys, nil
-			return nil
+	// The fetch outlives the request that asked for it (others may be waiting for it), but
+	// not the source's own timeout.
+	ctx = context.WithoutCancel(ctx)
+	go func() {
+		defer close(done)
+		keys, err := v.fetch(ctx)
+		v.mu.Lock()
+		defer v.mu.Unlock()
+		if err == nil {
+			v.keys = keys
 		}
+		v.lastErr = err
+		v.inflight = nil
+	}()
+	return done
+}
+
+func (v *Verifier) fetch(ctx context.Context) (map[string]*ecdsa.PublicKey, error) {
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	doc, err := v.src(ctx)
+	if err != nil {
+		return nil, err
 	}
-	v.lastErr = err
-	return err
+	return ParseKeys(doc)
 }
 
 // Fetches reports how many times the keys were fetched (or their fetch attempted).
@@ -187,18 +218,29 @@ func (v *Verifier) Fetches() int {
 }
 
 // key returns the key of id, refetching the keys once if it is unknown and the last fetch is
-// old enough.
+// old enough (or waiting for the fetch under way).
 func (v *Verifier) key(ctx context.Context, id string) (*ecdsa.PublicKey, error) {
+	v.mu.Lock()
+	if k := v.keys[id]; k != nil {
+		v.mu.Unlock()
+		return k, nil
+	}
+	var done <-chan struct{} = v.inflight
+	if done == nil && (v.lastFetch.IsZero() || v.now().Sub(v.lastFetch) >= MinRefetch) {
+		done = v.startFetchLocked(ctx)
+	}
+	v.mu.Unlock()
+	if done != nil {
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: %v", ErrKeysUnavailable, ctx.Err())
+		}
+	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if k := v.keys[id]; k != nil {
 		return k, nil
-	}
-	if v.lastFetch.IsZero() || v.now().Sub(v.lastFetch) >= MinRefetch {
-		v.fetchLocked(ctx)
-		if k := v.keys[id]; k != nil {
-			return k, nil
-		}
 	}
 	if v.keys == nil { // never fetched successfully: we cannot tell a bad signature
 		return nil, fmt.Errorf("%w: %v", ErrKeysUnavailable, v.lastErr)

@@ -412,3 +412,48 @@ func TestScanningIncompleteBatchIsRefused(t *testing.T) {
 	}
 	t.Logf("10,000 tokens, 1 ms a lookup, width %d: %v", scanning.DefaultConcurrency, time.Since(start))
 }
+
+// A slow fetch for an unknown identifier does not hold up alerts signed by a known key, and
+// concurrent first alerts share one fetch.
+func TestScanningSlowFetch(t *testing.T) {
+	k := newKey(t)
+	doc := keysDoc(t, map[string]*ecdsa.PrivateKey{"k": k})
+	var calls atomic.Int64
+	release := make(chan struct{})
+	v := scanning.NewVerifier(func(ctx context.Context) ([]byte, error) {
+		if calls.Add(1) > 1 {
+			<-release
+		}
+		return doc, nil
+	})
+	clock := time.Unix(1_800_000_000, 0)
+	var now atomic.Pointer[time.Time]
+	now.Store(&clock)
+	v.Now = func() time.Time { return *now.Load() }
+	body := []byte(`[]`)
+	sig := sign(t, k, body)
+	ctx := context.Background()
+	errs := make(chan error, 10)
+	for i := 0; i < 10; i++ {
+		go func() { errs <- v.Verify(ctx, "k", sig, body) }()
+	}
+	for i := 0; i < 10; i++ {
+		if err := <-errs; err != nil {
+			t.Fatalf("concurrent first alerts: %v", err)
+		}
+	}
+	if calls.Load() != 1 {
+		t.Fatalf("10 concurrent first alerts made %d fetches", calls.Load())
+	}
+	later := clock.Add(2 * time.Minute)
+	now.Store(&later)
+	go v.Verify(ctx, "unknown", sig, body) // starts a fetch that hangs until released
+	for calls.Load() < 2 {
+		time.Sleep(time.Millisecond)
+	}
+	start := time.Now()
+	if err := v.Verify(ctx, "k", sig, body); err != nil || time.Since(start) > time.Second {
+		t.Fatalf("a known key during a slow fetch: %v after %v", err, time.Since(start))
+	}
+	close(release)
+}
