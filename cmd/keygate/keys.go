@@ -374,7 +374,11 @@ revoked succeeds and changes nothing.`,
 			return c.printJSON(k)
 		}
 		if p := k.Propagation; p != nil {
-			_, err = fmt.Fprintf(c.stdout, "revoked %s (%s) — confirmed by %d of %d gateways\n", k.ID, clean(k.Name), p.Confirmed, p.Gateways)
+			noun := "gateways"
+			if p.Gateways == 1 {
+				noun = "gateway"
+			}
+			_, err = fmt.Fprintf(c.stdout, "revoked %s (%s) — confirmed by %d of %d %s\n", k.ID, clean(k.Name), p.Confirmed, p.Gateways, noun)
 			for _, g := range p.Missing {
 				fmt.Fprintf(c.stderr, "not confirmed by gateway %s (%s) within a second\n", g.ID, clean(g.Hostname))
 			}
