@@ -15,30 +15,24 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"runtime"
-	"sort"
-	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
 	"github.com/keygate/keygate/apikey"
+	"github.com/keygate/keygate/bench/internal/harness"
 	"github.com/keygate/keygate/store"
 	"github.com/keygate/keygate/store/redisstore"
 )
@@ -46,7 +40,7 @@ import (
 const token = "bench-confirm-admin-token"
 
 func main() {
-	root := moduleRoot()
+	root := harness.ModuleRoot()
 	var (
 		bin      = flag.String("keygate", "", "keygate binary (default: go build ./cmd/keygate into a temporary directory)")
 		nkeys    = flag.Int("keys", 500, "keys to create and revoke")
@@ -55,188 +49,42 @@ func main() {
 		redisBin = flag.String("redis-server", "redis-server", "redis-server binary")
 	)
 	flag.Parse()
-	r := &run{}
-	defer r.cleanup()
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
-	go func() { <-sigs; r.cleanup(); os.Exit(130) }()
-	if err := r.main(root, *bin, *redisBin, *nkeys, *ngw, *out); err != nil {
-		fmt.Fprintln(os.Stderr, "confirm:", err)
-		r.cleanup()
-		os.Exit(1)
-	}
+	harness.Main("confirm", func(r *harness.Run) error { return run(r, root, *bin, *redisBin, *nkeys, *ngw, *out) })
 }
 
-type run struct {
-	mu    sync.Mutex
-	dirs  []string
-	procs []*exec.Cmd
-	store *redisstore.Store
-	done  bool
-}
-
-func (r *run) cleanup() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.done {
-		return
-	}
-	r.done = true
-	if r.store != nil {
-		r.store.Close()
-	}
-	for i := len(r.procs) - 1; i >= 0; i-- {
-		p := r.procs[i]
-		p.Process.Signal(syscall.SIGTERM)
-		exited := make(chan struct{})
-		go func() { p.Wait(); close(exited) }()
-		select {
-		case <-exited:
-		case <-time.After(5 * time.Second):
-			p.Process.Kill()
-			<-exited
-		}
-	}
-	for _, d := range r.dirs {
-		os.RemoveAll(d)
-	}
-}
-
-func (r *run) tempDir(pattern string) (string, error) {
-	d, err := os.MkdirTemp("", pattern)
-	if err == nil {
-		r.mu.Lock()
-		r.dirs = append(r.dirs, d)
-		r.mu.Unlock()
-	}
-	return d, err
-}
-
-func (r *run) start(cmd *exec.Cmd) error {
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	r.mu.Lock()
-	r.procs = append(r.procs, cmd)
-	r.mu.Unlock()
-	return nil
-}
-
-func moduleRoot() string {
-	out, err := exec.Command("go", "env", "GOMOD").Output()
-	if gomod := strings.TrimSpace(string(out)); err == nil && gomod != "" && gomod != os.DevNull {
-		return filepath.Dir(gomod)
-	}
-	wd, _ := os.Getwd()
-	return wd
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-func waitPort(port int, exited <-chan struct{}, what, log string) error {
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 100*time.Millisecond)
-		if err == nil {
-			c.Close()
-			return nil
-		}
-		select {
-		case <-exited:
-			b, _ := os.ReadFile(log)
-			return fmt.Errorf("%s exited:\n%s", what, tailOf(string(b), 3000))
-		default:
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s did not listen on port %d", what, port)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func tailOf(s string, n int) string {
-	if len(s) > n {
-		return s[len(s)-n:]
-	}
-	return s
-}
-
-func (r *run) main(root, bin, redisBin string, nkeys, ngw int, outFile string) error {
+func run(r *harness.Run, root, bin, redisBin string, nkeys, ngw int, outFile string) error {
 	if nkeys < 1 || ngw < 1 {
 		return errors.New("-keys and -gateways must be at least 1")
 	}
-	if _, err := exec.LookPath(redisBin); err != nil {
-		return fmt.Errorf("%s not found: install the Debian package redis-server (apt-get install -y redis-server)", redisBin)
+	if err := harness.CheckRedisServer(redisBin); err != nil {
+		return err
 	}
-	work, err := r.tempDir("keygate-confirm")
+	work, err := r.TempDir("keygate-confirm")
 	if err != nil {
 		return err
 	}
-	if bin == "" {
-		bin = filepath.Join(work, "keygate")
-		fmt.Println("building ./cmd/keygate …")
-		build := exec.Command("go", "build", "-o", bin, "./cmd/keygate")
-		build.Dir, build.Stdout, build.Stderr = root, os.Stderr, os.Stderr
-		if err := build.Run(); err != nil {
-			return fmt.Errorf("go build ./cmd/keygate: %v", err)
-		}
+	if bin, err = harness.Keygate(root, bin, work); err != nil {
+		return err
 	}
-	rport, err := freePort()
+	rd, err := r.StartRedis(redisBin, filepath.Join(work, "redis"))
 	if err != nil {
 		return err
 	}
-	rdir := filepath.Join(work, "redis")
-	os.MkdirAll(rdir, 0o700)
-	rlog := filepath.Join(rdir, "redis.log")
-	rcmd := exec.Command(redisBin, "--port", strconv.Itoa(rport), "--bind", "127.0.0.1", "--dir", rdir,
-		"--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", rlog)
-	if err := r.start(rcmd); err != nil {
-		return err
-	}
-	rexited := make(chan struct{})
-	go func() { rcmd.Wait(); close(rexited) }()
-	if err := waitPort(rport, rexited, "redis-server", rlog); err != nil {
-		return err
-	}
-	raddr := fmt.Sprintf("127.0.0.1:%d", rport)
-	rdb := redis.NewClient(&redis.Options{Addr: raddr})
-	defer rdb.Close()
+	defer rd.Client.Close()
+	raddr, redisVersion := rd.Addr, rd.Version
 	ctx := context.Background()
-	for i := 0; rdb.Ping(ctx).Err() != nil; i++ {
-		if i == 200 {
-			return errors.New("redis-server does not answer PING")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	redisVersion := "?"
-	if info, err := rdb.Info(ctx, "server").Result(); err == nil {
-		for _, l := range strings.Split(info, "\n") {
-			if v, ok := strings.CutPrefix(strings.TrimSpace(l), "redis_version:"); ok {
-				redisVersion = v
-			}
-		}
-	}
 
 	var admins []string
-	var gwCmds []*exec.Cmd
+	var gws []*harness.Proc
 	for i := 0; i < ngw; i++ {
-		port, err := freePort()
+		port, err := harness.FreePort()
 		if err != nil {
 			return err
 		}
-		aport, err := freePort()
+		aport, err := harness.FreePort()
 		if err != nil {
 			return err
 		}
-		dir := filepath.Join(work, fmt.Sprintf("gw%d", i))
-		os.MkdirAll(dir, 0o700)
 		cf := fmt.Sprintf(`{
 	admin off
 	auto_https off
@@ -255,35 +103,16 @@ http://127.0.0.1:%d {
 	}
 }
 `, raddr, port, aport, token)
-		cfPath := filepath.Join(dir, "Caddyfile")
-		if err := os.WriteFile(cfPath, []byte(cf), 0o600); err != nil {
-			return err
-		}
-		glog := filepath.Join(dir, "keygate.log")
-		lf, err := os.Create(glog)
+		gw, err := r.StartGateway(bin, filepath.Join(work, fmt.Sprintf("gw%d", i)), cf, aport, fmt.Sprintf("gateway %d", i))
 		if err != nil {
 			return err
 		}
-		cmd := exec.Command(bin, "run", "--config", cfPath)
-		cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+filepath.Join(dir, "data"),
-			"XDG_CONFIG_HOME="+filepath.Join(dir, "config"), "HOME="+dir)
-		cmd.Stdout, cmd.Stderr = lf, lf
-		if err := r.start(cmd); err != nil {
-			return err
-		}
-		exited := make(chan struct{})
-		go func() { cmd.Wait(); lf.Close(); close(exited) }()
-		if err := waitPort(aport, exited, fmt.Sprintf("gateway %d", i), glog); err != nil {
-			return err
-		}
 		admins = append(admins, fmt.Sprintf("http://127.0.0.1:%d", aport))
-		gwCmds = append(gwCmds, cmd)
+		gws = append(gws, gw)
 	}
 
 	st := redisstore.New(redis.NewClient(&redis.Options{Addr: raddr}), redisstore.Options{})
-	r.mu.Lock()
-	r.store = st
-	r.mu.Unlock()
+	r.OnCleanup(func() { st.Close() })
 	hc := &http.Client{Timeout: 10 * time.Second}
 	call := func(method, url string, out any) (int, error) {
 		req, _ := http.NewRequest(method, url, nil)
@@ -364,7 +193,7 @@ http://127.0.0.1:%d {
 	// one-second bound and reports it missing.
 	var frozen []string
 	if ngw > 1 {
-		last := gwCmds[len(gwCmds)-1]
+		last := gws[len(gws)-1].Cmd
 		last.Process.Signal(syscall.SIGSTOP)
 		for _, k := range keys[nkeys:] {
 			p, d, err := revoke(k)
@@ -376,19 +205,17 @@ http://127.0.0.1:%d {
 		}
 		last.Process.Signal(syscall.SIGCONT)
 	}
-	sort.Slice(took, func(i, j int) bool { return took[i] < took[j] })
-	sort.Slice(confirm, func(i, j int) bool { return confirm[i] < confirm[j] })
-	pct := func(d []time.Duration, p float64) time.Duration { return d[int(float64(len(d)-1)*p)] }
+	pct := harness.Percentile
 	var b strings.Builder
 	fmt.Fprintf(&b, "confirmed revocation: DELETE …/keys/{id} through the admin API, %d gateway processes on one Redis\n", ngw)
 	fmt.Fprintf(&b, "date:     %s\n", time.Now().UTC().Format(time.RFC3339))
-	fmt.Fprintf(&b, "machine:  %s, %d CPUs (%s), %s/%s, redis %s\n", cpuModel(), nproc(), runtime.Version(), runtime.GOOS, runtime.GOARCH, redisVersion)
-	fmt.Fprintf(&b, "command:  %s\n", commandLine())
+	fmt.Fprintf(&b, "machine:  %s, %d CPUs (%s), %s/%s, redis %s\n", harness.CPUModel(), harness.NProc(), runtime.Version(), runtime.GOOS, runtime.GOARCH, redisVersion)
+	fmt.Fprintf(&b, "command:  %s\n", harness.CommandLine("./bench/confirm"))
 	fmt.Fprintf(&b, "revokes:  %d, one at a time; not confirmed by every gateway: %d\n", nkeys, short)
 	fmt.Fprintf(&b, "answer time (send to answer, the client's view):   p50 %s  p90 %s  p99 %s  max %s\n",
-		ms(pct(took, .5)), ms(pct(took, .9)), ms(pct(took, .99)), ms(took[len(took)-1]))
+		ms(pct(took, .5)), ms(pct(took, .9)), ms(pct(took, .99)), ms(pct(took, 1)))
 	fmt.Fprintf(&b, "confirmation wait (propagation.elapsed_ms):        p50 %s  p90 %s  p99 %s  max %s\n",
-		ms(pct(confirm, .5)), ms(pct(confirm, .9)), ms(pct(confirm, .99)), ms(confirm[len(confirm)-1]))
+		ms(pct(confirm, .5)), ms(pct(confirm, .9)), ms(pct(confirm, .99)), ms(pct(confirm, 1)))
 	if len(frozen) > 0 {
 		fmt.Fprintf(&b, "one gateway frozen (SIGSTOP), %d revokes: %s\n", len(frozen), strings.Join(frozen, ", "))
 	}
@@ -402,45 +229,4 @@ http://127.0.0.1:%d {
 		return os.WriteFile(outFile, []byte(b.String()), 0o644)
 	}
 	return nil
-}
-
-func nproc() int {
-	if out, err := exec.Command("nproc").Output(); err == nil {
-		if n, err := strconv.Atoi(strings.TrimSpace(string(out))); err == nil {
-			return n
-		}
-	}
-	return runtime.NumCPU()
-}
-
-func cpuModel() string {
-	f, err := os.Open("/proc/cpuinfo")
-	if err != nil {
-		return "CPU model unknown"
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if k, v, ok := strings.Cut(sc.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
-			return strings.TrimSpace(v)
-		}
-	}
-	return "CPU model unknown"
-}
-
-// commandLine is how this run was started: `go run ./bench/confirm …` when run that way.
-func commandLine() string {
-	args := os.Args[1:]
-	quoted := make([]string, len(args))
-	for i, a := range args {
-		if a == "" || strings.ContainsAny(a, " \t'\"") {
-			a = strconv.Quote(a)
-		}
-		quoted[i] = a
-	}
-	prog := os.Args[0]
-	if strings.Contains(prog, "go-build") || strings.HasPrefix(prog, os.TempDir()) {
-		prog = "go run ./bench/confirm"
-	}
-	return strings.TrimSpace(prog + " " + strings.Join(quoted, " "))
 }

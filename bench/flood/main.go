@@ -26,7 +26,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -34,11 +33,9 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"runtime"
 	"sort"
@@ -46,12 +43,12 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
 	"github.com/keygate/keygate/apikey"
+	"github.com/keygate/keygate/bench/internal/harness"
 	"github.com/keygate/keygate/store"
 	"github.com/keygate/keygate/store/redisstore"
 )
@@ -75,7 +72,7 @@ type options struct {
 }
 
 func main() {
-	root := moduleRoot()
+	root := harness.ModuleRoot()
 	var o options
 	flag.StringVar(&o.bin, "keygate", "", "keygate binary (default: go build ./cmd/keygate into a temporary directory)")
 	flag.IntVar(&o.secs, "seconds", 8, "seconds of each slice (no flood, then each flood rate) of each round")
@@ -107,134 +104,10 @@ func main() {
 		}
 		return
 	}
-	r := &run{}
-	defer r.cleanup()
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
-	go func() { <-sigs; r.cleanup(); os.Exit(130) }()
-	if err := r.main(root, o, *out); err != nil {
-		fmt.Fprintln(os.Stderr, "flood:", err)
-		r.cleanup()
-		os.Exit(1)
-	}
+	harness.Main("flood", func(h *harness.Run) error { return (&run{h}).main(root, o, *out) })
 }
 
-type run struct {
-	mu    sync.Mutex
-	dirs  []string
-	procs []*proc
-	done  bool
-}
-
-type proc struct {
-	cmd    *exec.Cmd
-	exited chan struct{}
-}
-
-func (p *proc) stop() {
-	select {
-	case <-p.exited:
-		return
-	default:
-	}
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.exited:
-	case <-time.After(5 * time.Second):
-		p.cmd.Process.Kill()
-		<-p.exited
-	}
-}
-
-func (r *run) cleanup() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.done {
-		return
-	}
-	r.done = true
-	for i := len(r.procs) - 1; i >= 0; i-- {
-		r.procs[i].stop()
-	}
-	for _, d := range r.dirs {
-		os.RemoveAll(d)
-	}
-}
-
-func (r *run) tempDir(pattern string) (string, error) {
-	d, err := os.MkdirTemp("", pattern)
-	if err == nil {
-		r.mu.Lock()
-		r.dirs = append(r.dirs, d)
-		r.mu.Unlock()
-	}
-	return d, err
-}
-
-// start starts cmd with its output in logFile and remembers it for cleanup.
-func (r *run) start(cmd *exec.Cmd, logFile string) (*proc, error) {
-	lf, err := os.Create(logFile)
-	if err != nil {
-		return nil, err
-	}
-	cmd.Stdout, cmd.Stderr = lf, lf
-	if err := cmd.Start(); err != nil {
-		lf.Close()
-		return nil, err
-	}
-	p := &proc{cmd: cmd, exited: make(chan struct{})}
-	go func() { cmd.Wait(); lf.Close(); close(p.exited) }()
-	r.mu.Lock()
-	r.procs = append(r.procs, p)
-	r.mu.Unlock()
-	return p, nil
-}
-
-func moduleRoot() string {
-	out, err := exec.Command("go", "env", "GOMOD").Output()
-	if gomod := strings.TrimSpace(string(out)); err == nil && gomod != "" && gomod != os.DevNull {
-		return filepath.Dir(gomod)
-	}
-	wd, _ := os.Getwd()
-	return wd
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-func waitPort(port int, exited <-chan struct{}, what, log string) error {
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 100*time.Millisecond)
-		if err == nil {
-			c.Close()
-			return nil
-		}
-		select {
-		case <-exited:
-			b, _ := os.ReadFile(log)
-			return fmt.Errorf("%s exited:\n%s", what, tailOf(string(b), 3000))
-		default:
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s did not listen on port %d", what, port)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func tailOf(s string, n int) string {
-	if len(s) > n {
-		return s[len(s)-n:]
-	}
-	return s
-}
+type run struct{ *harness.Run }
 
 // scenario is one gateway configuration and the flood run against it.
 type scenario struct {
@@ -293,21 +166,15 @@ func (r *run) main(root string, o options, outFile string) error {
 	if o.secs < 1 || o.rounds < 1 || o.validKeys < 1 || o.validConns < 1 || o.validRate < 1 || o.floodConns < 1 || len(o.floodRates) == 0 {
 		return errors.New("-seconds, -rounds, -keys, -valid-conns, -valid-rate and -flood-conns must be at least 1, -flood-rates not empty")
 	}
-	if _, err := exec.LookPath(o.redisBin); err != nil {
-		return fmt.Errorf("%s not found: install the Debian package redis-server (apt-get install -y redis-server)", o.redisBin)
+	if err := harness.CheckRedisServer(o.redisBin); err != nil {
+		return err
 	}
-	work, err := r.tempDir("keygate-flood")
+	work, err := r.TempDir("keygate-flood")
 	if err != nil {
 		return err
 	}
-	if o.bin == "" {
-		o.bin = filepath.Join(work, "keygate")
-		fmt.Println("building ./cmd/keygate …")
-		build := exec.Command("go", "build", "-o", o.bin, "./cmd/keygate")
-		build.Dir, build.Stdout, build.Stderr = root, os.Stderr, os.Stderr
-		if err := build.Run(); err != nil {
-			return fmt.Errorf("go build ./cmd/keygate: %v", err)
-		}
+	if o.bin, err = harness.Keygate(root, o.bin, work); err != nil {
+		return err
 	}
 
 	var results []*result
@@ -338,45 +205,18 @@ func (r *run) main(root string, o options, outFile string) error {
 // scenario starts a redis-server and a gateway for sc, measures, and stops both.
 func (r *run) scenario(work string, o options, sc *scenario) (*result, error) {
 	dir := filepath.Join(work, sc.name)
-	if err := os.MkdirAll(filepath.Join(dir, "redis"), 0o700); err != nil {
-		return nil, err
-	}
 	// redis-server on a free port, in its own directory, no persistence.
-	rport, err := freePort()
+	rd, err := r.StartRedis(o.redisBin, filepath.Join(dir, "redis"))
 	if err != nil {
 		return nil, err
 	}
-	rlog := filepath.Join(dir, "redis.log")
-	redisProc, err := r.start(exec.Command(o.redisBin, "--port", strconv.Itoa(rport), "--bind", "127.0.0.1",
-		"--dir", filepath.Join(dir, "redis"), "--save", "", "--appendonly", "no", "--daemonize", "no"), rlog)
-	if err != nil {
-		return nil, err
-	}
-	defer redisProc.stop()
-	if err := waitPort(rport, redisProc.exited, "redis-server", rlog); err != nil {
-		return nil, err
-	}
-	raddr := fmt.Sprintf("127.0.0.1:%d", rport)
+	defer rd.Stop()
+	raddr, rdb := rd.Addr, rd.Client
 	ctx := context.Background()
-	rdb := redis.NewClient(&redis.Options{Addr: raddr})
-	defer rdb.Close()
-	for i := 0; rdb.Ping(ctx).Err() != nil; i++ {
-		if i == 200 {
-			return nil, errors.New("redis-server does not answer PING")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	res := &result{sc: sc, redisVersion: "?"}
-	if info, err := rdb.Info(ctx, "server").Result(); err == nil {
-		for _, l := range strings.Split(info, "\n") {
-			if v, ok := strings.CutPrefix(strings.TrimSpace(l), "redis_version:"); ok {
-				res.redisVersion = v
-			}
-		}
-	}
+	res := &result{sc: sc, redisVersion: rd.Version}
 
 	// The gateway: trusts X-Forwarded-For from loopback; answers a plain "ok" behind nora_auth.
-	port, err := freePort()
+	port, err := harness.FreePort()
 	if err != nil {
 		return nil, err
 	}
@@ -398,35 +238,18 @@ http://127.0.0.1:%d {
 	respond "ok"
 }
 `, raddr, sc.noraExtra, port)
-	cfPath := filepath.Join(dir, "Caddyfile")
-	if err := os.WriteFile(cfPath, []byte(cf), 0o600); err != nil {
-		return nil, err
-	}
-	glog := filepath.Join(dir, "keygate.log")
-	cmd := exec.Command(o.bin, "run", "--config", cfPath)
-	cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+filepath.Join(dir, "data"),
-		"XDG_CONFIG_HOME="+filepath.Join(dir, "config"), "HOME="+dir, "KG_BENCH_SIGNING="+signingSecret)
-	gw, err := r.start(cmd, glog)
+	gw, err := r.StartGateway(o.bin, dir, cf, port, "gateway", "KG_BENCH_SIGNING="+signingSecret)
 	if err != nil {
 		return nil, err
 	}
-	defer gw.stop()
-	if err := waitPort(port, gw.exited, "gateway", glog); err != nil {
-		return nil, err
-	}
+	defer gw.Stop()
 	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
 
 	// The valid keys, created through a redisstore client on the same Redis.
 	st := redisstore.New(redis.NewClient(&redis.Options{Addr: raddr}), redisstore.Options{})
 	defer st.Close()
-	for i := 0; ; i++ {
-		if ins, _ := st.Instances(ctx); len(ins) == 1 {
-			break
-		}
-		if i == 500 {
-			return nil, errors.New("the gateway did not create its instance")
-		}
-		time.Sleep(20 * time.Millisecond)
+	if err := harness.WaitInstances(ctx, st, 1); err != nil {
+		return nil, err
 	}
 	var signer *apikey.Signer
 	if sc.signed {
@@ -450,7 +273,7 @@ http://127.0.0.1:%d {
 	// Warm every key (twice: the second answer must come from the cache).
 	c := newClient()
 	for pass := 0; pass < 2; pass++ {
-		before, err := commandCalls(ctx, rdb)
+		before, err := harness.CommandCalls(ctx, rdb)
 		if err != nil {
 			return nil, err
 		}
@@ -459,7 +282,7 @@ http://127.0.0.1:%d {
 				return nil, fmt.Errorf("warming key %d: %d %v", i, status, err)
 			}
 		}
-		after, err := commandCalls(ctx, rdb)
+		after, err := harness.CommandCalls(ctx, rdb)
 		if err != nil {
 			return nil, err
 		}
@@ -514,7 +337,7 @@ func (p *phase) label() string {
 
 // measure runs one slice of p: the valid-key load for d, with p's flood beside it.
 func (p *phase) measure(ctx context.Context, rdb *redis.Client, o options, url string, valid []string, sc *scenario, d time.Duration) error {
-	before, err := commandCalls(ctx, rdb)
+	before, err := harness.CommandCalls(ctx, rdb)
 	if err != nil {
 		return err
 	}
@@ -533,7 +356,7 @@ func (p *phase) measure(ctx context.Context, rdb *redis.Client, o options, url s
 			return err
 		}
 	}
-	after, err := commandCalls(ctx, rdb)
+	after, err := harness.CommandCalls(ctx, rdb)
 	if err != nil {
 		return err
 	}
@@ -769,26 +592,6 @@ func askCode(c *http.Client, url, from, key string) (int, string, error) {
 	return resp.StatusCode, code, nil
 }
 
-// commandCalls reads every command's call count from INFO commandstats (lower-case names,
-// subcommands as "xread|…" when Redis writes them so).
-func commandCalls(ctx context.Context, rdb *redis.Client) (map[string]int64, error) {
-	info, err := rdb.Info(ctx, "commandstats").Result()
-	if err != nil {
-		return nil, err
-	}
-	out := map[string]int64{}
-	sc := bufio.NewScanner(strings.NewReader(info))
-	for sc.Scan() {
-		name, rest, ok := strings.Cut(strings.TrimPrefix(strings.TrimSpace(sc.Text()), "cmdstat_"), ":calls=")
-		if !ok {
-			continue
-		}
-		n, _ := strconv.ParseInt(strings.SplitN(rest, ",", 2)[0], 10, 64)
-		out[name] = n
-	}
-	return out, nil
-}
-
 // dataCommands is the difference of two INFO commandstats snapshots, without the commands
 // that are not about keys (the invalidation listener's blocking XREAD, connection set-up,
 // this program's own INFO).
@@ -831,15 +634,7 @@ func describe(m map[string]int64) string {
 	return strings.Join(parts, ", ")
 }
 
-func pct(d []time.Duration, p float64) time.Duration {
-	if len(d) == 0 {
-		return 0
-	}
-	s := append([]time.Duration(nil), d...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	i := int(math.Ceil(float64(len(s))*p)) - 1
-	return s[max(0, min(i, len(s)-1))]
-}
+var pct = harness.Percentile
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.3f", float64(d)/float64(time.Millisecond)) }
 
@@ -860,9 +655,9 @@ func format(o options, results []*result) string {
 	fmt.Fprintf(&b, "calls; key_signing require, random keys from many addresses -> 0; without signing, one address\n")
 	fmt.Fprintf(&b, "-> at most the limit of lookups per window; valid keys' p99 <= 2 x its value without the flood)\n\n")
 	fmt.Fprintf(&b, "date:     %s\n", time.Now().UTC().Format(time.RFC3339))
-	fmt.Fprintf(&b, "machine:  %d CPUs (nproc), %s, %s/%s, %s, redis-server %s; load average at the end %s\n", nproc(), cpuModel(),
+	fmt.Fprintf(&b, "machine:  %d CPUs (nproc), %s, %s/%s, %s, redis-server %s; load average at the end %s\n", harness.NProc(), harness.CPUModel(),
 		runtime.GOOS, runtime.GOARCH, runtime.Version(), redisVersion, loadAvg())
-	fmt.Fprintf(&b, "command:  %s\n", commandLine())
+	fmt.Fprintf(&b, "command:  %s\n", harness.CommandLine("./bench/flood"))
 	fmt.Fprintf(&b, "setup:    per scenario one keygate gateway process and its own fresh redis-server (loopback, no\n")
 	fmt.Fprintf(&b, "          persistence), trusting X-Forwarded-For from loopback. Valid keys: %d distinct, warm, %d req/s\n", o.validKeys, o.validRate)
 	fmt.Fprintf(&b, "          over %d connections (an address each, never a flood's). %d rounds of %d s slices: no flood,\n", o.validConns, o.rounds, o.secs)
@@ -927,45 +722,4 @@ func loadAvg() string {
 		return "?"
 	}
 	return strings.Join(f[:3], " ")
-}
-
-func nproc() int {
-	if out, err := exec.Command("nproc").Output(); err == nil {
-		if n, err := strconv.Atoi(strings.TrimSpace(string(out))); err == nil {
-			return n
-		}
-	}
-	return runtime.NumCPU()
-}
-
-func cpuModel() string {
-	f, err := os.Open("/proc/cpuinfo")
-	if err != nil {
-		return "CPU model unknown"
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if k, v, ok := strings.Cut(sc.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
-			return strings.TrimSpace(v)
-		}
-	}
-	return "CPU model unknown"
-}
-
-// commandLine is how this run was started: `go run ./bench/flood …` when run that way.
-func commandLine() string {
-	args := os.Args[1:]
-	quoted := make([]string, len(args))
-	for i, a := range args {
-		if a == "" || strings.ContainsAny(a, " \t'\"") {
-			a = strconv.Quote(a)
-		}
-		quoted[i] = a
-	}
-	prog := os.Args[0]
-	if strings.Contains(prog, "go-build") || strings.HasPrefix(prog, os.TempDir()) {
-		prog = "go run ./bench/flood"
-	}
-	return strings.TrimSpace(prog + " " + strings.Join(quoted, " "))
 }

@@ -17,7 +17,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -28,26 +27,22 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"runtime"
-	"sort"
-	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
 	"github.com/keygate/keygate/apikey"
+	"github.com/keygate/keygate/bench/internal/harness"
 	"github.com/keygate/keygate/store"
 	"github.com/keygate/keygate/store/redisstore"
 )
 
 func main() {
-	root := moduleRoot()
+	root := harness.ModuleRoot()
 	var (
 		bin      = flag.String("keygate", "", "keygate binary (default: go build ./cmd/keygate into a temporary directory)")
 		nkeys    = flag.Int("keys", 200, "keys to create, warm and revoke")
@@ -65,177 +60,41 @@ func main() {
 	if *change == "narrow" && *out == filepath.Join(root, "bench", "results", "propagation.txt") {
 		*out = filepath.Join(root, "bench", "results", "propagation-narrow.txt")
 	}
-	r := &run{change: *change}
-	defer r.cleanup()
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
-	go func() { <-sigs; r.cleanup(); os.Exit(130) }()
-	if err := r.main(root, *bin, *redisBin, *nkeys, *ngw, *limit, *out); err != nil {
-		fmt.Fprintln(os.Stderr, "propagation:", err)
-		r.cleanup()
-		os.Exit(1)
-	}
+	harness.Main("propagation", func(h *harness.Run) error {
+		r := &run{Run: h, change: *change}
+		return r.main(root, *bin, *redisBin, *nkeys, *ngw, *limit, *out)
+	})
 }
 
 type run struct {
+	*harness.Run
 	change string // revoke | narrow
-	mu     sync.Mutex
-	dirs   []string
-	procs  []*exec.Cmd
-	store  *redisstore.Store
-	done   bool
-}
-
-func (r *run) cleanup() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.done {
-		return
-	}
-	r.done = true
-	if r.store != nil {
-		r.store.Close()
-	}
-	for i := len(r.procs) - 1; i >= 0; i-- {
-		p := r.procs[i]
-		p.Process.Signal(syscall.SIGTERM)
-		exited := make(chan struct{})
-		go func() { p.Wait(); close(exited) }()
-		select {
-		case <-exited:
-		case <-time.After(5 * time.Second):
-			p.Process.Kill()
-			<-exited
-		}
-	}
-	for _, d := range r.dirs {
-		os.RemoveAll(d)
-	}
-}
-
-func (r *run) tempDir(pattern string) (string, error) {
-	d, err := os.MkdirTemp("", pattern)
-	if err == nil {
-		r.mu.Lock()
-		r.dirs = append(r.dirs, d)
-		r.mu.Unlock()
-	}
-	return d, err
-}
-
-func (r *run) start(cmd *exec.Cmd) error {
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	r.mu.Lock()
-	r.procs = append(r.procs, cmd)
-	r.mu.Unlock()
-	return nil
-}
-
-func moduleRoot() string {
-	out, err := exec.Command("go", "env", "GOMOD").Output()
-	if gomod := strings.TrimSpace(string(out)); err == nil && gomod != "" && gomod != os.DevNull {
-		return filepath.Dir(gomod)
-	}
-	wd, _ := os.Getwd()
-	return wd
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-func waitPort(port int, exited <-chan struct{}, what, log string) error {
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 100*time.Millisecond)
-		if err == nil {
-			c.Close()
-			return nil
-		}
-		select {
-		case <-exited:
-			b, _ := os.ReadFile(log)
-			return fmt.Errorf("%s exited:\n%s", what, tailOf(string(b), 3000))
-		default:
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s did not listen on port %d", what, port)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func tailOf(s string, n int) string {
-	if len(s) > n {
-		return s[len(s)-n:]
-	}
-	return s
 }
 
 func (r *run) main(root, bin, redisBin string, nkeys, ngw int, limit time.Duration, outFile string) error {
 	if nkeys < 1 || ngw < 1 {
 		return errors.New("-keys and -gateways must be at least 1")
 	}
-	if _, err := exec.LookPath(redisBin); err != nil {
-		return fmt.Errorf("%s not found: install the Debian package redis-server (apt-get install -y redis-server)", redisBin)
+	if err := harness.CheckRedisServer(redisBin); err != nil {
+		return err
 	}
-	work, err := r.tempDir("keygate-propagation")
+	work, err := r.TempDir("keygate-propagation")
 	if err != nil {
 		return err
 	}
-	if bin == "" {
-		bin = filepath.Join(work, "keygate")
-		fmt.Println("building ./cmd/keygate …")
-		build := exec.Command("go", "build", "-o", bin, "./cmd/keygate")
-		build.Dir, build.Stdout, build.Stderr = root, os.Stderr, os.Stderr
-		if err := build.Run(); err != nil {
-			return fmt.Errorf("go build ./cmd/keygate: %v", err)
-		}
+	if bin, err = harness.Keygate(root, bin, work); err != nil {
+		return err
 	}
 
 	// redis-server on a free port, in its own directory, no persistence.
-	rport, err := freePort()
+	rd, err := r.StartRedis(redisBin, filepath.Join(work, "redis"))
 	if err != nil {
 		return err
 	}
-	rdir := filepath.Join(work, "redis")
-	os.MkdirAll(rdir, 0o700)
-	rlog := filepath.Join(rdir, "redis.log")
-	rcmd := exec.Command(redisBin, "--port", strconv.Itoa(rport), "--bind", "127.0.0.1", "--dir", rdir,
-		"--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", rlog)
-	if err := r.start(rcmd); err != nil {
-		return err
-	}
-	rexited := make(chan struct{})
-	go func() { rcmd.Wait(); close(rexited) }()
-	if err := waitPort(rport, rexited, "redis-server", rlog); err != nil {
-		return err
-	}
-	raddr := fmt.Sprintf("127.0.0.1:%d", rport)
-	rdb := redis.NewClient(&redis.Options{Addr: raddr})
+	rdb := rd.Client
 	defer rdb.Close()
+	raddr, redisVersion := rd.Addr, rd.Version
 	ctx := context.Background()
-	for i := 0; rdb.Ping(ctx).Err() != nil; i++ {
-		if i == 200 {
-			return errors.New("redis-server does not answer PING")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	redisVersion := "?"
-	if info, err := rdb.Info(ctx, "server").Result(); err == nil {
-		for _, l := range strings.Split(info, "\n") {
-			if v, ok := strings.CutPrefix(strings.TrimSpace(l), "redis_version:"); ok {
-				redisVersion = v
-			}
-		}
-	}
 
 	// The upstream: a plain 200.
 	ul, err := net.Listen("tcp", "127.0.0.1:0")
@@ -251,12 +110,10 @@ func (r *run) main(root, bin, redisBin string, nkeys, ngw int, limit time.Durati
 	// The gateways: the e2e tests' Caddyfile (startCluster), without debug logging.
 	var urls []string
 	for i := 0; i < ngw; i++ {
-		port, err := freePort()
+		port, err := harness.FreePort()
 		if err != nil {
 			return err
 		}
-		dir := filepath.Join(work, fmt.Sprintf("gw%d", i))
-		os.MkdirAll(dir, 0o700)
 		cf := fmt.Sprintf(`{
 	admin off
 	auto_https off
@@ -271,25 +128,7 @@ http://127.0.0.1:%d {
 	reverse_proxy %s
 }
 `, raddr, port, ul.Addr())
-		cfPath := filepath.Join(dir, "Caddyfile")
-		if err := os.WriteFile(cfPath, []byte(cf), 0o600); err != nil {
-			return err
-		}
-		glog := filepath.Join(dir, "keygate.log")
-		lf, err := os.Create(glog)
-		if err != nil {
-			return err
-		}
-		cmd := exec.Command(bin, "run", "--config", cfPath)
-		cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+filepath.Join(dir, "data"),
-			"XDG_CONFIG_HOME="+filepath.Join(dir, "config"), "HOME="+dir)
-		cmd.Stdout, cmd.Stderr = lf, lf
-		if err := r.start(cmd); err != nil {
-			return err
-		}
-		exited := make(chan struct{})
-		go func() { cmd.Wait(); lf.Close(); close(exited) }()
-		if err := waitPort(port, exited, fmt.Sprintf("gateway %d", i), glog); err != nil {
+		if _, err := r.StartGateway(bin, filepath.Join(work, fmt.Sprintf("gw%d", i)), cf, port, fmt.Sprintf("gateway %d", i)); err != nil {
 			return err
 		}
 		urls = append(urls, fmt.Sprintf("http://127.0.0.1:%d/", port))
@@ -297,18 +136,9 @@ http://127.0.0.1:%d {
 
 	// The admin side: a redisstore client on the same Redis and prefix.
 	st := redisstore.New(redis.NewClient(&redis.Options{Addr: raddr}), redisstore.Options{})
-	r.mu.Lock()
-	r.store = st
-	r.mu.Unlock()
-	for i := 0; ; i++ {
-		ins, _ := st.Instances(ctx)
-		if len(ins) == 2 {
-			break
-		}
-		if i == 500 {
-			return errors.New("the gateways did not create their instances")
-		}
-		time.Sleep(20 * time.Millisecond)
+	r.OnCleanup(func() { st.Close() })
+	if err := harness.WaitInstances(ctx, st, 2); err != nil {
+		return err
 	}
 	fmt.Printf("redis-server %s on %s, %d gateways; creating and warming %d keys …\n", redisVersion, raddr, ngw, nkeys)
 
@@ -330,7 +160,10 @@ http://127.0.0.1:%d {
 	for g := range clients {
 		clients[g] = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 4}}
 	}
-	hmget := func() (int64, error) { return commandCalls(ctx, rdb, "hmget") }
+	hmget := func() (int64, error) {
+		calls, err := harness.CommandCalls(ctx, rdb)
+		return calls["hmget"], err
+	}
 	for i, s := range secrets {
 		for g, u := range urls {
 			for attempt := 0; ; attempt++ {
@@ -435,28 +268,10 @@ http://127.0.0.1:%d {
 		return err
 	}
 
-	sorted := func(d []time.Duration) []time.Duration {
-		s := append([]time.Duration(nil), d...)
-		sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-		return s
-	}
-	pct := func(s []time.Duration, p float64) time.Duration {
-		if len(s) == 0 {
-			return 0
-		}
-		i := int(float64(len(s))*p+0.5) - 1
-		if i < 0 {
-			i = 0
-		}
-		if i >= len(s) {
-			i = len(s) - 1
-		}
-		return s[i]
-	}
+	pct := harness.Percentile
 	ms := func(d time.Duration) string { return fmt.Sprintf("%.3f ms", float64(d)/float64(time.Millisecond)) }
 	line := func(name string, d []time.Duration) string {
-		s := sorted(d)
-		return fmt.Sprintf("%-44s p50 %s   p90 %s   p99 %s   max %s", name, ms(pct(s, .5)), ms(pct(s, .9)), ms(pct(s, .99)), ms(pct(s, 1)))
+		return fmt.Sprintf("%-44s p50 %s   p90 %s   p99 %s   max %s", name, ms(pct(d, .5)), ms(pct(d, .9)), ms(pct(d, .99)), ms(pct(d, 1)))
 	}
 
 	var b strings.Builder
@@ -466,8 +281,8 @@ http://127.0.0.1:%d {
 	}
 	fmt.Fprintf(&b, "keygate %s propagation (target: p99 <= 10 ms)\n\n", what)
 	fmt.Fprintf(&b, "date:     %s\n", time.Now().UTC().Format(time.RFC3339))
-	fmt.Fprintf(&b, "machine:  %d CPUs (nproc), %s, %s/%s, %s, redis-server %s\n", nproc(), cpuModel(), runtime.GOOS, runtime.GOARCH, runtime.Version(), redisVersion)
-	fmt.Fprintf(&b, "command:  %s\n", commandLine())
+	fmt.Fprintf(&b, "machine:  %d CPUs (nproc), %s, %s/%s, %s, redis-server %s\n", harness.NProc(), harness.CPUModel(), runtime.GOOS, runtime.GOARCH, runtime.Version(), redisVersion)
+	fmt.Fprintf(&b, "command:  %s\n", harness.CommandLine("./bench/propagation"))
 	fmt.Fprintf(&b, "setup:    1 redis-server (loopback, no persistence), %d keygate gateway processes, %d keys warmed on every gateway;\n", ngw, nkeys)
 	fmt.Fprintf(&b, "          each key changed through a redisstore client (no gateway served the change), one tight polling\n")
 	fmt.Fprintf(&b, "          goroutine per gateway; %d (key, gateway) pairs measured, %d failed\n\n", len(lat), len(failed))
@@ -531,63 +346,6 @@ func ask(c *http.Client, url, key string) (int, string, error) {
 	}
 	json.Unmarshal(body, &e)
 	return resp.StatusCode, e.Error.Code, nil
-}
-
-// commandCalls reads how many times Redis ran cmd, from INFO commandstats.
-func commandCalls(ctx context.Context, rdb *redis.Client, cmd string) (int64, error) {
-	info, err := rdb.Info(ctx, "commandstats").Result()
-	if err != nil {
-		return 0, err
-	}
-	prefix := "cmdstat_" + cmd + ":calls="
-	for _, l := range strings.Split(info, "\n") {
-		if rest, ok := strings.CutPrefix(strings.TrimSpace(l), prefix); ok {
-			n, _ := strconv.ParseInt(strings.SplitN(rest, ",", 2)[0], 10, 64)
-			return n, nil
-		}
-	}
-	return 0, nil
-}
-
-func nproc() int {
-	if out, err := exec.Command("nproc").Output(); err == nil {
-		if n, err := strconv.Atoi(strings.TrimSpace(string(out))); err == nil {
-			return n
-		}
-	}
-	return runtime.NumCPU()
-}
-
-func cpuModel() string {
-	f, err := os.Open("/proc/cpuinfo")
-	if err != nil {
-		return "CPU model unknown"
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if k, v, ok := strings.Cut(sc.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
-			return strings.TrimSpace(v)
-		}
-	}
-	return "CPU model unknown"
-}
-
-// commandLine is how this run was started: `go run ./bench/propagation …` when run that way.
-func commandLine() string {
-	args := os.Args[1:]
-	quoted := make([]string, len(args))
-	for i, a := range args {
-		if a == "" || strings.ContainsAny(a, " \t'\"") {
-			a = strconv.Quote(a)
-		}
-		quoted[i] = a
-	}
-	prog := os.Args[0]
-	if strings.Contains(prog, "go-build") || strings.HasPrefix(prog, os.TempDir()) {
-		prog = "go run ./bench/propagation"
-	}
-	return strings.TrimSpace(prog + " " + strings.Join(quoted, " "))
 }
 
 // apply makes the change whose propagation is measured, through the store (no gateway serves
