@@ -135,28 +135,14 @@ func (a *API) createKey(w http.ResponseWriter, r *http.Request, t *Token) error 
 	}
 	// Absent and null are the same here: unrestricted, no metadata, no limits.
 	var restricted store.Key
-	if body.Scopes != nil {
-		if restricted.Scopes, err = parseScopes(body.Scopes); err != nil {
-			return err
-		}
-	}
-	if body.AllowedIPs != nil {
-		if restricted.AllowedIPs, err = parseAllowedIPs(body.AllowedIPs); err != nil {
-			return err
-		}
-	}
-	if body.Metadata != nil {
-		if restricted.Metadata, err = parseMetadata(body.Metadata); err != nil {
-			return err
-		}
-	}
-	if body.RateLimit != nil {
-		if restricted.RateLimit, err = parseRateLimit(body.RateLimit); err != nil {
-			return err
-		}
-	}
-	if body.Quota != nil {
-		if restricted.Quota, err = parseQuota(body.Quota); err != nil {
+	for _, parse := range []func() error{
+		func() error { return parseOptional(body.Scopes, parseScopes, &restricted.Scopes) },
+		func() error { return parseOptional(body.AllowedIPs, parseAllowedIPs, &restricted.AllowedIPs) },
+		func() error { return parseOptional(body.Metadata, parseMetadata, &restricted.Metadata) },
+		func() error { return parseOptional(body.RateLimit, parseRateLimit, &restricted.RateLimit) },
+		func() error { return parseOptional(body.Quota, parseQuota, &restricted.Quota) },
+	} {
+		if err := parse(); err != nil {
 			return err
 		}
 	}
@@ -384,3 +370,16 @@ func writeCreated(w http.ResponseWriter, k store.Key, secret string, now time.Ti
 }
 
 func (a *API) minter() store.Minter { return store.Minter{Hasher: a.Hasher, Signer: a.Signer} }
+
+// parseOptional parses raw into dst with parse, when the field was sent.
+func parseOptional[T any](raw json.RawMessage, parse func(json.RawMessage) (T, error), dst *T) error {
+	if raw == nil {
+		return nil
+	}
+	v, err := parse(raw)
+	if err != nil {
+		return err
+	}
+	*dst = v
+	return nil
+}
