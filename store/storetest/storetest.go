@@ -34,10 +34,7 @@ type Opener func(t *testing.T, failPoint func(step string) error) store.Store
 // Run runs the contract suite against the stores open returns. Each subtest opens its own
 // store, and the subtests run in parallel: open must be safe to call concurrently.
 func Run(t *testing.T, open func(t *testing.T, failPoint func(step string) error) store.Store) {
-	tests := []struct {
-		name string
-		f    func(*suite)
-	}{
+	tests := []contractTest{
 		{"NewStoreIsEmptyAndAnswers", testEmpty},
 		{"Instances", testInstances},
 		{"CreateKeyThenGetEveryField", testCreateAndGet},
@@ -77,12 +74,20 @@ func Run(t *testing.T, open func(t *testing.T, failPoint func(step string) error
 		{"CountersPerKeyAndName", testCountersApart},
 		{"ExpiredCounterStartsAgain", testCounterExpiry},
 	}
+	tests = append(tests, outboxTests...)
+	tests = append(tests, usageTests...)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			tc.f(newSuite(t, open))
 		})
 	}
+}
+
+// contractTest is one test of the suite.
+type contractTest struct {
+	name string
+	f    func(*suite)
 }
 
 // The fail points every store calls (Options.FailPoint): after a create wrote the listed

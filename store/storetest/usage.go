@@ -1,0 +1,4 @@
+package storetest
+
+// usageTests are the usage counts' tests (store.UsageStore).
+var usageTests = []contractTest{}
