@@ -267,6 +267,34 @@ func (c *Client) Events(ctx context.Context, instance string, limit int, startin
 	return out, err
 }
 
+// KeyUsage returns a key's usage (id "": the instance's keys summed) in buckets of
+// granularity ("" leaves it to the API: hour) from `from` to `to` (zero times are not sent).
+func (c *Client) KeyUsage(ctx context.Context, instance, id, granularity string, from, to time.Time) (Usage, error) {
+	var p string
+	var err error
+	if id == "" {
+		p, err = instancePath(instance, "/usage")
+	} else {
+		p, err = keyPath(instance, id, "/usage")
+	}
+	if err != nil {
+		return Usage{}, err
+	}
+	q := url.Values{}
+	if granularity != "" {
+		q.Set("granularity", granularity)
+	}
+	if !from.IsZero() {
+		q.Set("from", from.UTC().Format(time.RFC3339))
+	}
+	if !to.IsZero() {
+		q.Set("to", to.UTC().Format(time.RFC3339))
+	}
+	var out Usage
+	err = c.do(ctx, http.MethodGet, p, q, nil, &out)
+	return out, err
+}
+
 func listQuery(limit int, startingAfter, status string) url.Values {
 	q := url.Values{}
 	if limit != 0 {

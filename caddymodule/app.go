@@ -66,7 +66,12 @@ type App struct {
 	// KeySigning, when set, signs new keys and checks presented keys' signature tags before
 	// any lookup.
 	KeySigning *KeySigningConfig `json:"key_signing,omitempty"`
+	// Webhooks receive the audit events, signed, at least once (from an outbox in the store).
+	Webhooks []WebhookConfig `json:"webhooks,omitempty"`
+	// Usage tunes the per-key usage counts (on by default).
+	Usage *UsageConfig `json:"usage,omitempty"`
 
+	appUsage
 	resolved storeSettings
 	failed   *limit.FailedAttempts // nil: the limit is off
 	failKey  string
@@ -308,6 +313,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return err
 	}
 	a.storeRes = v.(*storeResource)
+	if err := a.provisionUsageAndWebhooks(repl); err != nil {
+		return err
+	}
 
 	if a.verKey, err = poolKey("verifier", struct {
 		S string
@@ -392,6 +400,9 @@ func (a *App) Start() error {
 	if err != nil {
 		return err
 	}
+	if err := a.startUsageAndWebhooks(s); err != nil {
+		return err
+	}
 	currentVerifier.Store(v)
 	currentFailed.Store(a.failed)
 	close(a.started)
@@ -450,18 +461,12 @@ func (a *App) Stop() error {
 // Cleanup releases this config's hold on the shared resources.
 func (a *App) Cleanup() error {
 	var errs []error
-	if a.verKey != "" {
-		if _, err := pool.Delete(a.verKey); err != nil {
-			errs = append(errs, err)
+	// The flusher and the deliverer go before the store they use.
+	for _, k := range []string{a.usageKey, a.webhookKey, a.verKey, a.storeKey, a.failKey} {
+		if k == "" {
+			continue
 		}
-	}
-	if a.storeKey != "" {
-		if _, err := pool.Delete(a.storeKey); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if a.failKey != "" {
-		if _, err := pool.Delete(a.failKey); err != nil {
+		if _, err := pool.Delete(k); err != nil {
 			errs = append(errs, err)
 		}
 	}

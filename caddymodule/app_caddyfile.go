@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 
 	"github.com/keygate/keygate/apikey"
+	"github.com/keygate/keygate/webhook"
 )
 
 func init() {
@@ -51,6 +53,14 @@ func init() {
 //		key_signing {
 //			secret <secret>
 //			require
+//		}
+//		webhook <url> {
+//			secret <secret>
+//			events <type>...
+//		}
+//		usage off
+//		usage {
+//			flush_interval <duration>
 //		}
 //		cache {
 //			size <keys>
@@ -128,6 +138,26 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			a.KeySigning = ks
+		case "webhook":
+			wc, err := parseWebhook(d)
+			if err != nil {
+				return err
+			}
+			for _, other := range a.Webhooks {
+				if other.URL == wc.URL {
+					return d.Errf("webhook %s given twice", wc.URL)
+				}
+			}
+			a.Webhooks = append(a.Webhooks, *wc)
+		case "usage":
+			if a.Usage != nil {
+				return d.Err("usage given twice")
+			}
+			uc, err := parseUsage(d)
+			if err != nil {
+				return err
+			}
+			a.Usage = uc
 		case "cache":
 			if d.NextArg() {
 				return d.ArgErr()
@@ -219,6 +249,92 @@ func parseFailedAttempts(d *caddyfile.Dispenser) (*FailedAttemptsConfig, error) 
 		}
 	}
 	return fc, nil
+}
+
+// parseWebhook reads `webhook <url> { secret <secret>; events <type>... }`. A literal URL,
+// secret and event type are checked here (without echoing the secret), placeholders once
+// resolved when the config loads.
+func parseWebhook(d *caddyfile.Dispenser) (*WebhookConfig, error) {
+	wc := new(WebhookConfig)
+	if !d.NextArg() {
+		return nil, d.Err("webhook: expected a URL, then a block with its secret")
+	}
+	wc.URL = d.Val()
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	check := webhook.Webhook{URL: wc.URL, Secret: strings.Repeat("x", 16)}
+	if !strings.Contains(wc.URL, "{") {
+		if err := check.Check(); err != nil {
+			return nil, d.Errf("webhook %s: %v", check.Redacted(), err)
+		}
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch d.Val() {
+		case "secret":
+			if wc.Secret != "" {
+				return nil, d.Err("webhook: secret given twice")
+			}
+			if !d.AllArgs(&wc.Secret) {
+				return nil, d.ArgErr()
+			}
+			if !strings.Contains(wc.Secret, "{") && len(wc.Secret) < 16 {
+				return nil, d.Err("webhook secret is shorter than 16 characters (e.g. openssl rand -hex 32)")
+			}
+		case "events":
+			types := d.RemainingArgs()
+			if len(types) == 0 {
+				return nil, d.Err("webhook events: expected one or more event types")
+			}
+			for _, t := range types {
+				if !slices.Contains(webhook.EventTypes, t) {
+					return nil, d.Errf("webhook events: unknown event type %q (known: %s)", t, strings.Join(webhook.EventTypes, " "))
+				}
+			}
+			wc.Events = append(wc.Events, types...)
+		default:
+			return nil, d.Errf("unrecognized webhook option '%s'", d.Val())
+		}
+	}
+	if wc.Secret == "" {
+		return nil, d.Err("webhook: expected a secret line (e.g. secret {env.NORA_WEBHOOK_SECRET})")
+	}
+	return wc, nil
+}
+
+// parseUsage reads `usage off` or `usage { flush_interval <duration> }`.
+func parseUsage(d *caddyfile.Dispenser) (*UsageConfig, error) {
+	uc := new(UsageConfig)
+	if d.NextArg() {
+		if d.Val() != "off" || d.NextArg() {
+			return nil, d.Errf("usage: expected off or a block, not %q", d.Val())
+		}
+		if d.NextBlock(d.Nesting()) {
+			return nil, d.Err("usage off takes no block")
+		}
+		uc.Off = true
+		return uc, nil
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch d.Val() {
+		case "flush_interval":
+			var arg string
+			if !d.AllArgs(&arg) {
+				return nil, d.ArgErr()
+			}
+			dur, err := caddy.ParseDuration(arg)
+			if err != nil {
+				return nil, d.Errf("usage flush_interval must be a duration, not %q", arg)
+			}
+			uc.FlushInterval = caddy.Duration(dur)
+			if _, err := usageInterval(uc); err != nil {
+				return nil, d.Err(err.Error())
+			}
+		default:
+			return nil, d.Errf("unrecognized usage option '%s'", d.Val())
+		}
+	}
+	return uc, nil
 }
 
 func parseKeySigning(d *caddyfile.Dispenser) (*KeySigningConfig, error) {

@@ -138,6 +138,16 @@ func (a *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	}
 	// verify counts the client's failed attempts, and admits its store lookups.
 	res := v.Check(verify.Request{Key: key, Want: a.want, Client: client, Scopes: a.RequireScope, RateLimit: a.rateLimit})
+	if res.KeyID != "" {
+		// Counted for the key: let through, or refused once the key was known.
+		if c := a.app.usageCounter(); c != nil {
+			refused := ""
+			if res.Code != verify.OK {
+				refused = res.Code.String()
+			}
+			c.Add(res.Instance, res.KeyID, refused)
+		}
+	}
 	if res.Limited && res.Limits.Limit > 0 {
 		setRateLimitHeaders(w.Header(), &res.Limits)
 	}

@@ -84,7 +84,8 @@ func registerMetrics(reg prometheus.Registerer) error {
 	if reg == nil {
 		return nil
 	}
-	for _, c := range append([]prometheus.Collector{verificationsVec, storeLatency, invalidationLag, revocationConfirm, failedClients}, statCollectors...) {
+	for _, c := range append([]prometheus.Collector{verificationsVec, storeLatency, invalidationLag, revocationConfirm, failedClients,
+		webhookDeliveries, webhookOutboxDepth, usageFlushes, usagePending}, statCollectors...) {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {

@@ -45,7 +45,10 @@ type Store interface {
 
 // Result is a verification's outcome; the key fields are set when Code is OK.
 type Result struct {
-	Code        Code
+	Code Code
+	// KeyID and Instance name the key when it was found: with OK, and with the refusals
+	// decided once the key was known (Revoked, Expired, IPNotAllowed, InsufficientScope,
+	// RateLimitExceeded, QuotaExceeded), so that they can be counted for it.
 	KeyID       string
 	Instance    string
 	Environment apikey.Environment
@@ -410,15 +413,15 @@ func (v *Verifier) decideEntry(e *entry, env apikey.Environment, now time.Time, 
 		// The prefix and the record disagree: not a key we issued.
 		return Result{Code: InvalidKey}
 	case e.revoked:
-		return Result{Code: Revoked}
+		return Result{Code: Revoked, KeyID: e.id, Instance: e.instance}
 	case e.expires != 0 && e.expires <= now.UnixNano():
-		return Result{Code: Expired}
+		return Result{Code: Expired, KeyID: e.id, Instance: e.instance}
 	case e.policy.ips != nil && !e.policy.ips.contains(req.Client):
-		return Result{Code: IPNotAllowed}
+		return Result{Code: IPNotAllowed, KeyID: e.id, Instance: e.instance}
 	}
 	for i, s := range req.Scopes {
 		if !e.policy.allows(s) {
-			return Result{Code: InsufficientScope, MissingScope: i}
+			return Result{Code: InsufficientScope, MissingScope: i, KeyID: e.id, Instance: e.instance}
 		}
 	}
 	var limits limit.Decision
@@ -432,9 +435,9 @@ func (v *Verifier) decideEntry(e *entry, env apikey.Environment, now time.Time, 
 		limits, limited = km.Take(rl, q), true
 		switch limits.Outcome {
 		case limit.RateLimited:
-			return Result{Code: RateLimitExceeded, Limits: limits, Limited: true}
+			return Result{Code: RateLimitExceeded, Limits: limits, Limited: true, KeyID: e.id, Instance: e.instance}
 		case limit.QuotaExceeded:
-			return Result{Code: QuotaExceeded, Limits: limits, Limited: true}
+			return Result{Code: QuotaExceeded, Limits: limits, Limited: true, KeyID: e.id, Instance: e.instance}
 		case limit.Unreachable:
 			return Result{Code: Unavailable}
 		}

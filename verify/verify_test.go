@@ -130,8 +130,9 @@ func TestVerifyCodes(t *testing.T) {
 		secret, k := f.createKey(apikey.Sandbox, time.Time{})
 		f.revoke(k)
 		r := f.expect(secret, apikey.EnvUnknown, Revoked)
-		if r.KeyID != "" {
-			t.Fatalf("revoked key answered with key fields: %+v", r)
+		// The key is named (its refusal counts in its usage), nothing else of it is given.
+		if r.KeyID != k.ID || r.Instance != k.Instance || r.Scopes != "" || r.Metadata != nil {
+			t.Fatalf("revoked key answered with other key fields than its id and instance: %+v", r)
 		}
 		f.waitCache()
 		f.expect(secret, apikey.Sandbox, Revoked) // cached as revoked

@@ -90,8 +90,16 @@ The admin token is read from the NORA_ADMIN_TOKEN environment variable only
       new secret like create. The old key keeps working for DURATION (a Go
       duration such as 30m or 24h; default 0: it stops at once; at most 168h).
 
+  keygate keys usage --instance ID KEY_ID [--since 24h]
+                     [--granularity minute|hour|day]
+      A table of the key's requests per minute, hour or day over the span:
+      let through (OK) and refused, by error code, then the totals. --since
+      is a duration (90m, 48h) or days (7d), at most 90d; the granularity
+      follows it unless given (minutes up to 2h, hours up to 7d, then days).
+
 With --json, each command prints the API's JSON object instead (create and
-roll: the key object including "secret"; list: one list object).
+roll: the key object including "secret"; list: one list object; usage: the
+usage object).
 
 Exit status: 0 on success; 1 on any refusal, with one line on stderr.
 `
@@ -99,8 +107,8 @@ Exit status: 0 on success; 1 on any refusal, with one line on stderr.
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "keys",
-		Usage: "<create|list|update|revoke|roll> [--admin <url>] [--json] [flags]",
-		Short: "Creates, lists, updates, revokes and rolls API keys (admin endpoint)",
+		Usage: "<create|list|update|revoke|roll|usage> [--admin <url>] [--json] [flags]",
+		Short: "Creates, lists, updates, revokes and rolls API keys, and shows their usage (admin endpoint)",
 		Long:  keysLong,
 		CobraFunc: func(cmd *cobra.Command) {
 			(&keysCLI{getenv: os.Getenv, stdout: os.Stdout, stderr: os.Stderr}).setup(cmd)
@@ -189,9 +197,9 @@ func (c *keysCLI) setup(keys *cobra.Command) {
 			}
 			return cmd.Help()
 		}
-		return c.report(cmd, fmt.Errorf("unknown command %q (create, list, update, revoke or roll; see --help)", args[0]))
+		return c.report(cmd, fmt.Errorf("unknown command %q (create, list, update, revoke, roll or usage; see --help)", args[0]))
 	}
-	keys.AddCommand(c.createCmd(), c.listCmd(), c.updateCmd(), c.revokeCmd(), c.rollCmd())
+	keys.AddCommand(c.createCmd(), c.listCmd(), c.updateCmd(), c.revokeCmd(), c.rollCmd(), c.usageCmd())
 }
 
 // subcommand finishes cmd as a `keys` subcommand: errors and usage are not printed by cobra
