@@ -12,7 +12,12 @@
 
   var state = {
     me: null, instances: [], instance: '', keys: [], cursors: [], hasMore: false,
-    loadSeq: 0, revoking: null, opener: null
+    loadSeq: 0, revoking: null, opener: null,
+    // The rows' usage: per key id, {pending} while queued or loading, then the answer or
+    // {error}; usageGen discards answers to a list that is no longer shown.
+    usage: {}, usageQueue: [], usageActive: 0, usageGen: 0,
+    // The usage dialog: its key, range, and the number of its latest request.
+    usageKey: null, usageRange: 'day', usageSeq: 0
   };
 
   // ---- API ----
@@ -87,6 +92,8 @@
     if (rd.open) { state.revoking = null; rd.close(); }
     var cd = $('create-dialog');
     if (cd.open && !(keepSecret && $('secret'))) { resetCreate(); cd.close(); }
+    var ud = $('usage-dialog');
+    if (ud.open) { state.usageKey = null; state.usageSeq++; ud.close(); }
     state.opener = null;
   }
 
@@ -96,6 +103,7 @@
     sessionStorage.removeItem(TOKEN);
     state.me = null;
     state.loadSeq++;
+    resetRowUsage();
     closeDialogs(true);
     $('app').hidden = true;
     $('picker').hidden = true;
@@ -173,6 +181,7 @@
     state.cursors = [];
     state.keys = [];
     state.loadSeq++;
+    resetRowUsage();
     if (id) sessionStorage.setItem(INSTANCE, id); else sessionStorage.removeItem(INSTANCE);
     hideBanner();
 
@@ -206,6 +215,7 @@
       state.keys = page.data || [];
       state.hasMore = !!page.has_more;
       hideBanner();
+      resetRowUsage();
       renderKeys();
     } catch (e) {
       if (seq !== state.loadSeq || e.handled) return;
@@ -239,9 +249,17 @@
     tr.dataset.status = k.status;
     var name = cell('name');
     name.tabIndex = -1;
-    var label = document.createElement('span');
+    // The name opens the key's usage (a link, not a button: the row's only button revokes).
+    var label = document.createElement('a');
     label.className = 'key-name';
+    label.href = '#usage';
+    label.setAttribute('aria-haspopup', 'dialog');
+    label.title = 'Usage of ' + k.name;
     label.textContent = k.name;
+    label.addEventListener('click', function (ev) {
+      ev.preventDefault();
+      openUsage(k, label);
+    });
     name.appendChild(label);
     markRestrictions(tr, name, k);
     markLimits(tr, name, k);
@@ -264,6 +282,7 @@
     tr.appendChild(timeCell(k.expires_at, true));
     tr.appendChild(timeCell(k.created_at, false));
     tr.appendChild(timeCell(k.last_used_at, false));
+    tr.appendChild(usageCell(k, label));
 
     var actions = cell('actions');
     if (k.status === 'active' && can('apiKey.delete')) {
@@ -390,6 +409,7 @@
   function renderKeys() {
     var rows = $('rows');
     rows.replaceChildren.apply(rows, state.keys.map(rowFor));
+    loadRowUsage();
     var pages = state.cursors.length;
     $('empty').hidden = state.keys.length > 0 || pages > 0;
     $('pager').hidden = !(state.hasMore || pages > 0);
@@ -407,6 +427,324 @@
   function hideBanner() {
     $('banner').hidden = true;
     $('banner-text').textContent = '';
+  }
+
+  // ---- Usage ----
+
+  // Requests per key, drawn by the page as inline SVG (no script or style from elsewhere:
+  // geometry is SVG attributes, colours are classes or the patterns in index.html).
+  var SVGNS = 'http://www.w3.org/2000/svg';
+  var HOUR = 3600 * 1000;
+  var DAY = 24 * HOUR;
+  var ROW_USAGE_CONCURRENCY = 4;
+  // The refusal codes a key's usage counts, in the order the charts stack them (each has its
+  // fill in index.html; any other code is drawn as "other").
+  var CODES = ['api_key_revoked', 'api_key_expired', 'api_key_ip_not_allowed',
+    'api_key_insufficient_scope', 'rate_limit_exceeded', 'quota_exceeded'];
+  // The ranges: n buckets of the granularity, the last one holding now.
+  var RANGES = {
+    day: { g: 'hour', step: HOUR, n: 24, label: 'Requests in the last 24 hours, by hour',
+      tick: function (d) { return d.getUTCHours() % 4 === 0; },
+      fmt: function (d) { return pad(d.getUTCHours()) + ':00'; } },
+    week: { g: 'hour', step: HOUR, n: 168, label: 'Requests in the last 7 days, by hour',
+      tick: function (d) { return d.getUTCHours() === 0; },
+      fmt: function (d) { return ymd(d).slice(5); } },
+    month: { g: 'day', step: DAY, n: 30, label: 'Requests in the last 30 days, by day',
+      tick: function (d, i, n) { return (n - 1 - i) % 5 === 0; },
+      fmt: function (d) { return ymd(d).slice(5); } }
+  };
+
+  function svg(tag, attrs, cls) {
+    var e = document.createElementNS(SVGNS, tag);
+    if (cls) e.setAttribute('class', cls);
+    if (attrs) Object.keys(attrs).forEach(function (a) { e.setAttribute(a, String(attrs[a])); });
+    return e;
+  }
+
+  function isoUTC(ms) { return new Date(ms).toISOString().replace('.000Z', 'Z'); }
+
+  function usageQuery(r) {
+    var end = Math.floor(Date.now() / r.step) * r.step + r.step; // the end of now's bucket
+    return 'granularity=' + r.g + '&from=' + isoUTC(end - r.n * r.step) + '&to=' + isoUTC(end);
+  }
+
+  function usagePath(k, r) {
+    return 'instances/' + encodeURIComponent(k.instance) + '/keys/' + encodeURIComponent(k.id) + '/usage?' + usageQuery(r);
+  }
+
+  function refusedSum(m) {
+    var n = 0;
+    Object.keys(m || {}).forEach(function (c) { n += m[c]; });
+    return n;
+  }
+
+  // The codes of a refusal map, most refusals first (ties by name).
+  function byCount(m) {
+    return Object.keys(m || {}).filter(function (c) { return m[c] > 0; }).sort(function (a, b) {
+      return m[b] - m[a] || (a < b ? -1 : a > b ? 1 : 0);
+    });
+  }
+
+  // "1,234 let through · 56 refused: api_key_revoked 50, rate_limit_exceeded 6"
+  function totalsText(total) {
+    var refused = total.refused || {};
+    var codes = byCount(refused);
+    var text = fmtCount(total.ok || 0) + ' let through · ' + fmtCount(refusedSum(refused)) + ' refused';
+    if (codes.length) {
+      text += ': ' + codes.map(function (c) { return c + ' ' + fmtCount(refused[c]); }).join(', ');
+    }
+    return text;
+  }
+
+  function fillOf(code) {
+    return 'url(#fill-' + (code === 'ok' || CODES.indexOf(code) >= 0 ? code : 'other') + ')';
+  }
+
+  // A row's chart loads after the list shows, a few at a time; a failure leaves a dash.
+  function resetRowUsage() {
+    state.usage = {};
+    state.usageQueue = [];
+    state.usageGen++;
+  }
+
+  function usageCell(k, link) {
+    var td = cell('usage');
+    var u = state.usage[k.id];
+    if (u && !u.pending) drawRowUsage(td, u, k, link);
+    else {
+      td.dataset.usage = 'loading';
+      var s = document.createElement('span');
+      s.className = 'spark-loading';
+      var sr = document.createElement('span');
+      sr.className = 'sr-only';
+      sr.textContent = 'Loading requests…';
+      s.appendChild(sr);
+      td.appendChild(s);
+    }
+    return td;
+  }
+
+  function loadRowUsage() {
+    state.keys.forEach(function (k) {
+      if (state.usage[k.id]) return;
+      state.usage[k.id] = { pending: true };
+      state.usageQueue.push(k);
+    });
+    pumpRowUsage();
+  }
+
+  function pumpRowUsage() {
+    while (state.usageActive < ROW_USAGE_CONCURRENCY && state.usageQueue.length) {
+      fetchRowUsage(state.usageQueue.shift());
+    }
+  }
+
+  async function fetchRowUsage(k) {
+    var gen = state.usageGen;
+    state.usageActive++;
+    var u;
+    try {
+      var a = await api('GET', usagePath(k, RANGES.day));
+      u = { ok: a.total.ok, refused: refusedSum(a.total.refused), data: a.data };
+    } catch (e) {
+      u = { error: e.message || 'unknown error' };
+      // The store keeps no usage or is down, or the API is unreachable: every other row
+      // would fail the same way, so they show the dash without asking.
+      if (gen === state.usageGen && !e.handled && (e.status === 503 || e.status === 0)) {
+        state.usageQueue.splice(0).forEach(function (q) { setRowUsage(q, { error: e.message }); });
+      }
+    } finally {
+      state.usageActive--;
+    }
+    if (gen === state.usageGen) setRowUsage(k, u);
+    pumpRowUsage();
+  }
+
+  function setRowUsage(k, u) {
+    state.usage[k.id] = u;
+    var tr = document.querySelector('#rows tr[data-key-id="' + CSS.escape(k.id) + '"]');
+    if (!tr) return;
+    var td = tr.querySelector('td.usage');
+    td.replaceChildren();
+    drawRowUsage(td, u, k, tr.querySelector('a.key-name'));
+  }
+
+  function drawRowUsage(td, u, k, link) {
+    td.removeAttribute('title');
+    if (u.error) {
+      td.dataset.usage = 'error';
+      td.title = 'Usage unavailable: ' + u.error;
+      var dash = document.createElement('span');
+      dash.className = 'usage-none';
+      dash.setAttribute('aria-hidden', 'true');
+      dash.textContent = '—';
+      var sr = document.createElement('span');
+      sr.className = 'sr-only';
+      sr.textContent = 'Usage unavailable';
+      td.append(dash, sr);
+      return;
+    }
+    td.dataset.usage = 'loaded';
+    var total = u.ok + u.refused;
+    var W = 96, H = 24, n = u.data.length || 1, bw = W / n;
+    var max = 0;
+    u.data.forEach(function (b) { max = Math.max(max, b.ok + refusedSum(b.refused)); });
+    var label = 'Requests in the last 24 hours: ' + fmtCount(total) + (u.refused ? ' (' + fmtCount(u.refused) + ' refused)' : '');
+    var chart = svg('svg', { viewBox: '0 0 ' + W + ' ' + H, role: 'img', 'aria-label': label, focusable: 'false' }, 'spark');
+    chart.appendChild(svg('rect', { x: 0, y: H - 1, width: W, height: 1 }, 'spark-base'));
+    u.data.forEach(function (b, i) {
+      var ref = refusedSum(b.refused), all = b.ok + ref;
+      if (!all) return;
+      var h = Math.max(1.5, all / max * (H - 2));
+      var hr = ref ? Math.max(1.5, ref / all * h) : 0;
+      var x = i * bw + bw * 0.1, w = bw * 0.8;
+      // Let through at the bottom, refused on top, as in the larger chart.
+      if (all > ref) chart.appendChild(svg('rect', { x: x, y: H - 1 - h + hr, width: w, height: h - hr }, 'spark-ok'));
+      if (ref) chart.appendChild(svg('rect', { x: x, y: H - 1 - h, width: w, height: hr }, 'spark-refused'));
+    });
+    chart.addEventListener('click', function () { openUsage(k, link); });
+    var num = document.createElement('span');
+    num.className = 'spark-total' + (u.refused ? ' has-refused' : '');
+    num.setAttribute('aria-hidden', 'true');
+    num.textContent = fmtCount(total);
+    td.append(chart, num);
+  }
+
+  // The usage dialog: a larger chart of one key's requests, successes and refusals by code.
+
+  function openUsage(k, opener) {
+    state.usageKey = k;
+    state.opener = opener;
+    $('usage-title').textContent = 'Usage of ' + k.name;
+    $('usage-sub').textContent = mask(k.prefix) + ' · ' + instanceLabel();
+    setUsageRange('day');
+    $('usage-dialog').showModal();
+    document.querySelector('.range-btn[aria-pressed="true"]').focus();
+    loadUsage();
+  }
+
+  function closeUsage() {
+    state.usageKey = null;
+    state.usageSeq++;
+    var d = $('usage-dialog');
+    if (d.open) d.close();
+    restoreFocus();
+  }
+
+  function setUsageRange(name) {
+    state.usageRange = name;
+    document.querySelectorAll('.range-btn').forEach(function (b) {
+      b.setAttribute('aria-pressed', String(b.dataset.range === name));
+    });
+    $('usage-caption').textContent = RANGES[name].label;
+  }
+
+  async function loadUsage() {
+    var k = state.usageKey;
+    if (!k) return;
+    var seq = ++state.usageSeq;
+    var r = RANGES[state.usageRange];
+    var fig = $('usage-figure');
+    fig.setAttribute('aria-busy', 'true');
+    setError('usage-error', '');
+    $('usage-totals').textContent = 'Loading…';
+    var u;
+    try {
+      u = await api('GET', usagePath(k, r));
+    } catch (e) {
+      if (seq !== state.usageSeq || e.handled) return;
+      fig.removeAttribute('aria-busy');
+      $('usage-chart').replaceChildren();
+      $('usage-legend').replaceChildren();
+      $('usage-totals').textContent = '';
+      setError('usage-error', 'Could not load the usage: ' + e.message);
+      return;
+    }
+    if (seq !== state.usageSeq) return;
+    drawUsage(u, r);
+    $('usage-totals').textContent = totalsText(u.total || { ok: 0, refused: {} });
+    fig.removeAttribute('aria-busy');
+  }
+
+  // niceTop rounds a maximum up to 1, 2 or 5 times a power of ten.
+  function niceTop(max) {
+    if (max <= 1) return 1;
+    var p = Math.pow(10, Math.floor(Math.log10(max)));
+    var steps = [1, 2, 5, 10];
+    for (var i = 0; i < steps.length; i++) if (steps[i] * p >= max) return steps[i] * p;
+    return 10 * p;
+  }
+
+  function drawUsage(u, r) {
+    var W = 720, H = 240, L = 52, R = 8, T = 10, B = 26;
+    var pw = W - L - R, ph = H - T - B;
+    var data = u.data || [];
+    var n = data.length || 1, bw = pw / n;
+    // The series: let through, then each refusal code seen, known codes in their order.
+    var seen = {};
+    data.forEach(function (b) { Object.keys(b.refused || {}).forEach(function (c) { if (b.refused[c] > 0) seen[c] = true; }); });
+    var codes = CODES.filter(function (c) { return seen[c]; })
+      .concat(Object.keys(seen).filter(function (c) { return CODES.indexOf(c) < 0; }).sort());
+    var max = 0;
+    data.forEach(function (b) { max = Math.max(max, b.ok + refusedSum(b.refused)); });
+    var top = niceTop(max);
+    var y = function (v) { return T + ph - v / top * ph; };
+
+    var chart = svg('svg', { viewBox: '0 0 ' + W + ' ' + H, role: 'img', 'aria-label': r.label, focusable: 'false' }, 'chart');
+    chart.dataset.buckets = String(data.length);
+    // Grid and the y axis.
+    var ticks = top === 1 ? [0, 1] : [0, top / 2, top];
+    ticks.forEach(function (v) {
+      chart.appendChild(svg('line', { x1: L, x2: W - R, y1: y(v), y2: y(v) }, v === 0 ? 'axis' : 'grid'));
+      var t = svg('text', { x: L - 8, y: y(v) + 4, 'text-anchor': 'end' }, 'tick');
+      t.textContent = fmtCount(v);
+      chart.appendChild(t);
+    });
+    // The bars, one per bucket, stacked from the bottom: let through, then refusals.
+    data.forEach(function (b, i) {
+      var d = new Date(b.start);
+      var x = L + i * bw;
+      if (r.tick(d, i, n)) {
+        chart.appendChild(svg('line', { x1: x, x2: x, y1: T + ph, y2: T + ph + 4 }, 'axis'));
+        var t = svg('text', { x: x, y: H - 6, 'text-anchor': i === 0 ? 'start' : 'middle' }, 'tick');
+        t.textContent = r.fmt(d);
+        chart.appendChild(t);
+      }
+      var ref = refusedSum(b.refused), all = b.ok + ref;
+      if (!all) return;
+      var g = svg('g', null, 'bar');
+      var tip = svg('title');
+      tip.textContent = (r.g === 'day' ? ymd(d) : fmtTime(b.start)) + ' UTC: ' + totalsText(b);
+      g.appendChild(tip);
+      var base = 0;
+      var bx = x + Math.min(1, bw * 0.15), w = Math.max(1, bw - 2 * Math.min(1, bw * 0.15));
+      [['ok', b.ok]].concat(codes.map(function (c) { return [c, (b.refused || {})[c] || 0]; })).forEach(function (s) {
+        if (!s[1]) return;
+        var y0 = y(base), y1 = Math.min(y(base + s[1]), y0 - 1); // at least a pixel each
+        g.appendChild(svg('rect', { x: bx, y: y1, width: w, height: y0 - y1, fill: fillOf(s[0]) }, 'seg seg-' + s[0]));
+        base = top * (T + ph - y1) / ph;
+      });
+      chart.appendChild(g);
+    });
+    if (!max) {
+      var none = svg('text', { x: L + pw / 2, y: T + ph / 2, 'text-anchor': 'middle' }, 'chart-empty');
+      none.textContent = 'No requests in this range';
+      chart.appendChild(none);
+    }
+    $('usage-chart').replaceChildren(chart);
+
+    // The legend: each series by name, with its fill.
+    var items = [['ok', 'Let through']].concat(codes.map(function (c) { return [c, c]; }));
+    $('usage-legend').replaceChildren.apply($('usage-legend'), items.map(function (it) {
+      var li = document.createElement('li');
+      li.dataset.series = it[0];
+      var sw = svg('svg', { viewBox: '0 0 12 12', 'aria-hidden': 'true', focusable: 'false' }, 'swatch');
+      sw.appendChild(svg('rect', { width: 12, height: 12, rx: 2, fill: fillOf(it[0]) }));
+      var name = document.createElement('span');
+      name.textContent = it[1];
+      li.append(sw, name);
+      return li;
+    }));
   }
 
   // ---- Create ----
@@ -708,6 +1046,19 @@
     });
     // A close by any other way still leaves no secret behind.
     cd.addEventListener('close', function () { if (!cd.open) wipeSecret(); });
+
+    $('usage-close').addEventListener('click', closeUsage);
+    $('usage-dialog').addEventListener('cancel', function (ev) {
+      ev.preventDefault();
+      closeUsage();
+    });
+    document.querySelectorAll('.range-btn').forEach(function (b) {
+      b.addEventListener('click', function () {
+        if (b.getAttribute('aria-pressed') === 'true') return;
+        setUsageRange(b.dataset.range);
+        loadUsage();
+      });
+    });
 
     $('revoke-form').addEventListener('submit', submitRevoke);
     $('revoke-cancel').addEventListener('click', closeRevoke);
