@@ -48,7 +48,9 @@ type Outbox interface {
 	AckOutbox(ctx context.Context, webhook, instance, eventID string) error
 	// RetryOutbox makes a claimed item due again after delay (0: at once).
 	RetryOutbox(ctx context.Context, webhook, instance, eventID string, delay time.Duration) error
-	// OutboxDepth counts the items in webhook's outbox over every instance.
+	// OutboxDepth counts the items in webhook's outbox over every instance: the events
+	// moved into it and not yet acknowledged (those recorded since the last claim are moved
+	// by the next one, and not counted until then).
 	OutboxDepth(ctx context.Context, webhook string) (int64, error)
 	// WatchEvents calls f, in this process, with the instance of every audit event this
 	// store handle records (after it is stored), until the returned function is called. f

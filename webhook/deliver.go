@@ -57,6 +57,8 @@ type Options struct {
 	OnDepth func(webhookID string, depth int64)
 	// UserAgent is sent with each delivery (default "keygate-webhook").
 	UserAgent string
+	// Backoff is the wait before retrying a failed attempt (default: Backoff).
+	Backoff func(attempt int) time.Duration
 }
 
 func (o *Options) defaults() {
@@ -86,6 +88,9 @@ func (o *Options) defaults() {
 	}
 	if o.UserAgent == "" {
 		o.UserAgent = "keygate-webhook"
+	}
+	if o.Backoff == nil {
+		o.Backoff = Backoff
 	}
 }
 
@@ -323,7 +328,7 @@ func (d *Deliverer) deliver(h *hook, instance string, it store.OutboxItem) {
 		}
 	default:
 		result = ResultFailed
-		wait := Backoff(it.Attempts)
+		wait := d.opt.Backoff(it.Attempts)
 		log.Info("webhook delivery failed; will retry", zap.String("url", h.Redacted()), zap.Int("attempt", it.Attempts+1),
 			zap.Duration("retry_in", wait), zap.Error(err))
 		if rerr := d.s.RetryOutbox(sctx, h.id, instance, it.Event.ID, wait); rerr != nil {
