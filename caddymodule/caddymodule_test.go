@@ -453,6 +453,14 @@ func TestCaddyfileErrorsNameTheLine(t *testing.T) {
 		{"unknown auth option", ":80 {\n\tnora_auth {\n\t\tscope all\n\t}\n}\n", "Caddyfile:3"},
 		{"bad auth environment", ":80 {\n\tnora_auth {\n\t\tenvironment staging\n\t}\n}\n", "Caddyfile:3"},
 		{"auth argument", ":80 {\n\tnora_auth now\n}\n", "Caddyfile:2"},
+		{"webhook without url", "{\n\tnora {\n\t\twebhook {\n\t\t\tsecret whsec_0123456789abcdef\n\t\t}\n\t}\n}\n", "Caddyfile:3"},
+		{"webhook bad url", "{\n\tnora {\n\t\twebhook ftp://x/ {\n\t\t\tsecret whsec_0123456789abcdef\n\t\t}\n\t}\n}\n", "Caddyfile:3"},
+		{"webhook without secret", "{\n\tnora {\n\t\twebhook https://x/h {\n\t\t}\n\t}\n}\n", "Caddyfile:"},
+		{"webhook short secret", "{\n\tnora {\n\t\twebhook https://x/h {\n\t\t\tsecret short\n\t\t}\n\t}\n}\n", "Caddyfile:4"},
+		{"webhook unknown event", "{\n\tnora {\n\t\twebhook https://x/h {\n\t\t\tsecret whsec_0123456789abcdef\n\t\t\tevents api_key.deleted\n\t\t}\n\t}\n}\n", "Caddyfile:5"},
+		{"webhook twice", "{\n\tnora {\n\t\twebhook https://x/h {\n\t\t\tsecret whsec_0123456789abcdef\n\t\t}\n\t\twebhook https://x/h {\n\t\t\tsecret whsec_0123456789abcdef\n\t\t}\n\t}\n}\n", "Caddyfile:"},
+		{"usage bad word", "{\n\tnora {\n\t\tusage on\n\t}\n}\n", "Caddyfile:3"},
+		{"usage flush too long", "{\n\tnora {\n\t\tusage {\n\t\t\tflush_interval 1m\n\t\t}\n\t}\n}\n", "Caddyfile:4"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := adapt(tc.file)
@@ -468,6 +476,8 @@ func TestBadConfigRefusedAtLoad(t *testing.T) {
 		{"bad instance id", `{"admin":{"disabled":true},"apps":{"nora":{"instances":[{"id":"Bad Id","environment":"sandbox","name":"x"}]},"http":{"servers":{"s":{"listen":["127.0.0.1:0"],"routes":[{"handle":[{"handler":"nora_auth"}]}]}}}}}`},
 		{"bad store type", `{"admin":{"disabled":true},"apps":{"nora":{"store":{"type":"s3"}},"http":{"servers":{"s":{"listen":["127.0.0.1:0"],"routes":[{"handle":[{"handler":"nora_auth"}]}]}}}}}`},
 		{"bad redis url", `{"admin":{"disabled":true},"apps":{"nora":{"store":{"type":"redis","url":"http://x"}},"http":{"servers":{"s":{"listen":["127.0.0.1:0"],"routes":[{"handle":[{"handler":"nora_auth"}]}]}}}}}`},
+		{"webhook secret resolves empty", `{"admin":{"disabled":true},"apps":{"nora":{"webhooks":[{"url":"https://x/h","secret":"{env.KEYGATE_TEST_UNSET_SECRET}"}]},"http":{"servers":{"s":{"listen":["127.0.0.1:0"],"routes":[{"handle":[{"handler":"nora_auth"}]}]}}}}}`},
+		{"webhook bad url", `{"admin":{"disabled":true},"apps":{"nora":{"webhooks":[{"url":"not a url","secret":"whsec_0123456789abcdef"}]},"http":{"servers":{"s":{"listen":["127.0.0.1:0"],"routes":[{"handle":[{"handler":"nora_auth"}]}]}}}}}`},
 		{"bad auth environment", `{"admin":{"disabled":true},"apps":{"http":{"servers":{"s":{"listen":["127.0.0.1:0"],"routes":[{"handle":[{"handler":"nora_auth","environment":"staging"}]}]}}}}}`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
