@@ -35,7 +35,11 @@ func eventBuckets(tx *bolt.Tx, instance string, create bool) (events, idx *bolt.
 
 // AddEvent implements store.Store.
 func (s *Store) AddEvent(_ context.Context, e store.Event) error {
-	return s.db.Update(func(tx *bolt.Tx) error { return s.addEvent(tx, e) })
+	if err := s.db.Update(func(tx *bolt.Tx) error { return s.addEvent(tx, e) }); err != nil {
+		return err
+	}
+	s.Recorded(e.Instance)
+	return nil
 }
 
 // addEvent appends e to its instance's trail within tx, dropping the oldest beyond MaxEvents.

@@ -50,6 +50,7 @@ type Store struct {
 	db   *bolt.DB
 	opts Options
 	store.Watchers
+	store.EventWatchers
 	c     counters
 	fleet gateways
 }
@@ -490,6 +491,9 @@ func (s *Store) RevokeKey(_ context.Context, instance, id string, at time.Time, 
 	}
 	// Also on a repeated revoke: a caller retrying after an error gets the invalidation out.
 	s.Invalidate(k.Hash)
+	if changed && ev != nil {
+		s.Recorded(instance)
+	}
 	return k, changed, nil
 }
 
@@ -537,6 +541,9 @@ func (s *Store) RollKey(_ context.Context, instance, id string, next store.Key, 
 		return store.Key{}, err
 	}
 	s.Invalidate(k.Hash)
+	if ev != nil {
+		s.Recorded(instance)
+	}
 	return k, nil
 }
 

@@ -47,6 +47,9 @@ func (s *Store) UpdateKey(_ context.Context, instance, id string, u store.KeyUpd
 	}
 	if changed {
 		s.Invalidate(k.Hash)
+		if ev != nil {
+			s.Recorded(instance)
+		}
 	}
 	return k, nil
 }

@@ -68,6 +68,9 @@ func (s *Store) AddEvent(ctx context.Context, e store.Event) error {
 	if err != nil && strings.HasPrefix(err.Error(), "NOINSTANCE") {
 		return store.ErrInstanceNotFound
 	}
+	if err == nil {
+		s.Recorded(e.Instance)
+	}
 	return err
 }
 

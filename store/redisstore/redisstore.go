@@ -18,6 +18,10 @@
 //	P inval                     STREAM invalidations: field h = hex hash ("*" = flush all)
 //	P{fleet}:gateways           HASH   gateway id → "<last seen ms> <started ms> <hostname>"
 //	P{fleet}:acks               HASH   gateway id → stream id its listener has delivered up to
+//	P{webhooks}:registered      HASH   webhook id → registration time (see outbox.go)
+//	P {i:<id>}:whcur            HASH   webhook id → last event sequence moved to its outbox
+//	P {i:<id>}:wh:<webhook>     ZSET   the webhook's outbox: "<seq>:<event id>" by due time
+//	P {i:<id>}:whd:<webhook>    HASH   the outbox items: event JSON, attempts, queued time
 //
 // Times are Unix milliseconds.
 package redisstore
@@ -76,6 +80,9 @@ type Store struct {
 	opts Options
 	p    string
 	store.Watchers
+	store.EventWatchers
+
+	webhooks sync.Map // webhook ids seen registered (outbox.go)
 
 	mu      sync.Mutex
 	healthy bool
@@ -548,7 +555,11 @@ func (s *Store) RevokeKey(ctx context.Context, instance, id string, at time.Time
 	if err := store.CheckEvent(ev, instance); err != nil {
 		return store.Key{}, false, err
 	}
-	return s.refuse(ctx, instance, id, "rev", at, "revoke:lookup", ev)
+	k, changed, err := s.refuse(ctx, instance, id, "rev", at, "revoke:lookup", ev)
+	if changed && ev != nil {
+		s.Recorded(instance)
+	}
+	return k, changed, err
 }
 
 // ExpireKey implements store.Store, in the same order as RevokeKey.

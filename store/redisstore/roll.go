@@ -128,6 +128,9 @@ func (s *Store) RollKey(ctx context.Context, instance, id string, next store.Key
 		undo()
 		return store.Key{}, err
 	}
+	if ev != nil {
+		s.Recorded(instance)
+	}
 	return old, nil
 }
 

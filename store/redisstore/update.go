@@ -151,9 +151,12 @@ func (s *Store) UpdateKey(ctx context.Context, instance, id string, u store.KeyU
 		if set == 0 {
 			continue // the record changed since it was read
 		}
-		if e != nil {
-			ev.Fields = fields
+		if e == nil {
+			return finish(k, nil)
 		}
-		return finish(k, nil)
+		ev.Fields = fields
+		k, err = finish(k, nil)
+		s.Recorded(instance) // the event is in the trail even if the invalidation failed
+		return k, err
 	}
 }
