@@ -143,11 +143,7 @@ func (a *API) instanceUsage(w http.ResponseWriter, r *http.Request, t *Token) er
 }
 
 func (a *API) writeUsage(ctx context.Context, w http.ResponseWriter, instance, id string, g store.Granularity, from, to time.Time) error {
-	us, ok := a.Store.(store.UsageStore)
-	if !ok {
-		return errUnavailable
-	}
-	buckets, err := us.Usage(ctx, instance, id, g, from, to)
+	buckets, err := a.Store.Usage(ctx, instance, id, g, from, to)
 	if err != nil {
 		return err
 	}

@@ -101,11 +101,10 @@ type usageResource struct {
 func (r *usageResource) start(s store.Store) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	us, ok := s.(store.UsageStore)
-	if r.flusher != nil || !ok {
+	if r.flusher != nil {
 		return
 	}
-	r.flusher = usage.StartFlusher(r.counter, us, usage.FlusherOptions{Interval: r.interval, Logger: r.logger,
+	r.flusher = usage.StartFlusher(r.counter, s, usage.FlusherOptions{Interval: r.interval, Logger: r.logger,
 		OnFlush: func(_, pending int, err error) {
 			result := "ok"
 			if err != nil {
@@ -141,11 +140,7 @@ func (r *webhookResource) start(s store.Store) error {
 	if r.d != nil {
 		return nil
 	}
-	ws, ok := s.(webhook.Store)
-	if !ok {
-		return errors.New("this store keeps no webhook outbox")
-	}
-	d, err := webhook.Start(ws, r.hooks, webhook.Options{
+	d, err := webhook.Start(s, r.hooks, webhook.Options{
 		Logger: r.logger,
 		OnResult: func(id, result string, _ time.Duration) {
 			webhookDeliveries.WithLabelValues(id, result).Inc()

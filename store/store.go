@@ -226,6 +226,10 @@ type Store interface {
 
 	// Leaser keeps the keys' rate-limit and quota counters (limits.go).
 	Leaser
+	// Outbox keeps the webhooks' deliveries (outbox.go).
+	Outbox
+	// UsageStore keeps the keys' usage counts (usage.go).
+	UsageStore
 }
 
 // Watcher receives the invalidation events of a store. Its methods must not block for long:
