@@ -617,6 +617,9 @@
     state.opener = opener;
     $('usage-title').textContent = 'Usage of ' + k.name;
     $('usage-sub').textContent = mask(k.prefix) + ' · ' + instanceLabel();
+    // Nothing of the previous key's chart shows while this one's loads.
+    $('usage-chart').replaceChildren();
+    $('usage-legend').replaceChildren();
     setUsageRange('day');
     $('usage-dialog').showModal();
     document.querySelector('.range-btn[aria-pressed="true"]').focus();
