@@ -21,6 +21,8 @@ func TestNotFound(t *testing.T) {
 		e.refused(t, "POST", keysPath(ghostInst)+"/"+unknown+"/roll", "ops", nil, 404, "instance_not_found")
 		e.refused(t, "GET", "/v1/instances/"+ghostInst+"/events", "ops", nil, 404, "instance_not_found")
 		e.refused(t, "GET", p+"/"+unknown, "ops", nil, 404, "api_key_not_found")
+		e.refused(t, "GET", p+"/"+unknown+"/usage", "ops", nil, 404, "api_key_not_found")
+		e.refused(t, "GET", "/v1/instances/"+ghostInst+"/usage", "ops", nil, 404, "instance_not_found")
 		e.refused(t, "DELETE", p+"/"+unknown, "ops", nil, 404, "api_key_not_found")
 		e.refused(t, "PATCH", p+"/"+unknown, "ops", map[string]string{"name": "x"}, 404, "api_key_not_found")
 		e.refused(t, "POST", p+"/"+unknown+"/roll", "ops", map[string]any{"expire_old_in_seconds": 0}, 404, "api_key_not_found")
@@ -52,6 +54,8 @@ func TestStoreUnavailable(t *testing.T) {
 			{"PATCH", keysPath(sandboxInst) + "/" + k.ID, map[string]any{"name": "x"}},
 			{"POST", keysPath(sandboxInst) + "/" + k.ID + "/roll", nil},
 			{"GET", "/v1/instances/" + sandboxInst + "/events", nil},
+			{"GET", keysPath(sandboxInst) + "/" + k.ID + "/usage", nil},
+			{"GET", "/v1/instances/" + sandboxInst + "/usage", nil},
 			{"GET", "/v1/instances", nil},
 			{"POST", "/v1/instances", map[string]string{"id": "down", "name": "x", "environment": "sandbox"}},
 		} {
@@ -118,6 +122,8 @@ func TestNoSuchCall(t *testing.T) {
 				{"PATCH", keysPath(sandboxInst) + "/" + k.ID + "/roll", "POST"},
 				{"GET", keysPath(sandboxInst) + "/" + k.ID + "/roll", "POST"},
 				{"POST", "/v1/instances/" + sandboxInst + "/events", "GET"},
+				{"POST", keysPath(sandboxInst) + "/" + k.ID + "/usage", "GET"},
+				{"DELETE", "/v1/instances/" + sandboxInst + "/usage", "GET"},
 			} {
 				r := e.refused(t, c.method, c.path, role, nil, 405, "method_not_allowed")
 				if got := r.Header.Get("Allow"); got != c.allow {

@@ -48,6 +48,8 @@ func TestUnauthorized(t *testing.T) {
 			{"PATCH", keysPath(sandboxInst) + "/" + k.ID},
 			{"POST", keysPath(sandboxInst) + "/" + k.ID + "/roll"},
 			{"GET", "/v1/instances/" + sandboxInst + "/events"},
+			{"GET", keysPath(sandboxInst) + "/" + k.ID + "/usage"},
+			{"GET", "/v1/instances/" + sandboxInst + "/usage"},
 			{"GET", keysPath(ghostInst)},
 		}
 		for name, h := range headers {
@@ -111,6 +113,8 @@ func TestForbidden(t *testing.T) {
 				{"PATCH", keysPath(inst) + "/" + id, map[string]any{"name": "x"}},
 				{"POST", keysPath(inst) + "/" + id + "/roll", map[string]any{"expire_old_in_seconds": 0}},
 				{"GET", "/v1/instances/" + inst + "/events", nil},
+				{"GET", keysPath(inst) + "/" + id + "/usage", nil},
+				{"GET", "/v1/instances/" + inst + "/usage?granularity=day", nil},
 			} {
 				r := e.refused(t, c.method, c.path, "scoped", c.body, 403, "forbidden")
 				if strings.Contains(r.Error.Message, "not found") || strings.Contains(r.Error.Message, "No such") {
@@ -148,6 +152,8 @@ func TestPermissionMatrix(t *testing.T) {
 			{"revoke key", []string{"apiKey.delete"}, "DELETE", func(in, id string) string { return keysPath(in) + "/" + id }, nil, 200},
 			{"roll key", []string{"apiKey.create", "apiKey.delete"}, "POST", func(in, id string) string { return keysPath(in) + "/" + id + "/roll" }, map[string]any{"expire_old_in_seconds": 0}, 201},
 			{"list events", []string{"apiKey.read"}, "GET", func(in, _ string) string { return "/v1/instances/" + in + "/events" }, nil, 200},
+			{"key usage", []string{"apiKey.read"}, "GET", func(in, id string) string { return keysPath(in) + "/" + id + "/usage" }, nil, 200},
+			{"instance usage", []string{"apiKey.read"}, "GET", func(in, _ string) string { return "/v1/instances/" + in + "/usage" }, nil, 200},
 		}
 		n := 0
 		for _, role := range adminRoles {
