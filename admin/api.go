@@ -66,8 +66,8 @@ func NewAPI(s store.Store, tokens []Token, hasher apikey.Hasher, logger *zap.Log
 	m.HandleFunc("PATCH /v1/instances/{instance}/keys/{id}", a.auth(a.updateKey, PermCreate))
 	m.HandleFunc("DELETE /v1/instances/{instance}/keys/{id}", a.auth(a.revokeKey, PermDelete))
 	m.HandleFunc("POST /v1/instances/{instance}/keys/{id}/roll", a.auth(a.rollKey, PermCreate, PermDelete))
-	m.HandleFunc("GET /v1/instances/{instance}/keys/{id}/usage", a.auth(a.keyUsage, PermRead))
-	m.HandleFunc("GET /v1/instances/{instance}/usage", a.auth(a.instanceUsage, PermRead))
+	m.HandleFunc("GET /v1/instances/{instance}/keys/{id}/usage", a.auth(a.usage, PermRead))
+	m.HandleFunc("GET /v1/instances/{instance}/usage", a.auth(a.usage, PermRead))
 	m.HandleFunc("GET /v1/instances/{instance}/events", a.auth(a.listEvents, PermRead))
 	m.HandleFunc("/v1/", a.noRoute)
 	a.mux = m

@@ -3,6 +3,8 @@ package admin
 import (
 	"net/http"
 	"time"
+
+	"github.com/keygate/keygate/store"
 )
 
 // Event is the API's event object.
@@ -22,6 +24,14 @@ type Event struct {
 	CreatedAt time.Time `json:"created_at"`
 }
 
+// EventObject is the API's event object for e (as the events list and webhook deliveries
+// show it).
+func EventObject(e store.Event) Event {
+	return Event{Object: "event", ID: e.ID, Type: e.Type, Instance: e.Instance,
+		KeyID: e.KeyID, NewKeyID: e.NewKeyID, Fields: e.Fields, URL: e.URL, Source: e.Source, Actor: e.Actor,
+		CreatedAt: e.CreatedAt.UTC()}
+}
+
 func (a *API) listEvents(w http.ResponseWriter, r *http.Request, t *Token) error {
 	instance, _, err := pathIDs(r)
 	if err != nil {
@@ -39,9 +49,7 @@ func (a *API) listEvents(w http.ResponseWriter, r *http.Request, t *Token) error
 	}
 	out := List[Event]{Object: "list", Data: make([]Event, 0, len(events)), HasMore: more}
 	for _, e := range events {
-		out.Data = append(out.Data, Event{Object: "event", ID: e.ID, Type: e.Type, Instance: e.Instance,
-			KeyID: e.KeyID, NewKeyID: e.NewKeyID, Fields: e.Fields, URL: e.URL, Source: e.Source, Actor: e.Actor,
-			CreatedAt: e.CreatedAt.UTC()})
+		out.Data = append(out.Data, EventObject(e))
 	}
 	writeJSON(w, http.StatusOK, out)
 	return nil

@@ -106,8 +106,9 @@ func usageTime(name, s string) (time.Time, error) {
 	return t.UTC(), nil
 }
 
-// keyUsage answers GET /v1/instances/{instance}/keys/{id}/usage.
-func (a *API) keyUsage(w http.ResponseWriter, r *http.Request, t *Token) error {
+// usage answers GET /v1/instances/{instance}/keys/{id}/usage (one key: 404 if it does not
+// exist) and GET /v1/instances/{instance}/usage (the instance's keys summed).
+func (a *API) usage(w http.ResponseWriter, r *http.Request, t *Token) error {
 	instance, id, err := pathIDs(r)
 	if err != nil {
 		return err
@@ -118,28 +119,15 @@ func (a *API) keyUsage(w http.ResponseWriter, r *http.Request, t *Token) error {
 	}
 	ctx, cancel := a.ctx(r)
 	defer cancel()
-	if _, err := a.Store.Key(ctx, instance, id); err != nil {
+	if id != "" {
+		_, err = a.Store.Key(ctx, instance, id)
+	} else {
+		_, err = a.Store.Instance(ctx, instance)
+	}
+	if err != nil {
 		return err
 	}
 	return a.writeUsage(ctx, w, instance, id, g, from, to)
-}
-
-// instanceUsage answers GET /v1/instances/{instance}/usage: the instance's keys summed.
-func (a *API) instanceUsage(w http.ResponseWriter, r *http.Request, t *Token) error {
-	instance, _, err := pathIDs(r)
-	if err != nil {
-		return err
-	}
-	g, from, to, err := usageQuery(r.URL.Query(), a.Now())
-	if err != nil {
-		return err
-	}
-	ctx, cancel := a.ctx(r)
-	defer cancel()
-	if _, err := a.Store.Instance(ctx, instance); err != nil {
-		return err
-	}
-	return a.writeUsage(ctx, w, instance, "", g, from, to)
 }
 
 func (a *API) writeUsage(ctx context.Context, w http.ResponseWriter, instance, id string, g store.Granularity, from, to time.Time) error {

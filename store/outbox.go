@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"sync"
 	"time"
 )
 
@@ -56,41 +55,4 @@ type Outbox interface {
 	// store handle records (after it is stored), until the returned function is called. f
 	// must not block: the deliverer uses it to claim at once instead of at its next poll.
 	WatchEvents(f func(instance string)) (stop func())
-}
-
-// EventWatchers is the set of a store's WatchEvents callbacks; stores embed it and call
-// Recorded after recording an event.
-type EventWatchers struct {
-	mu   sync.RWMutex
-	next int
-	m    map[int]func(string)
-}
-
-// WatchEvents implements Outbox.WatchEvents.
-func (ws *EventWatchers) WatchEvents(f func(instance string)) func() {
-	ws.mu.Lock()
-	defer ws.mu.Unlock()
-	if ws.m == nil {
-		ws.m = make(map[int]func(string))
-	}
-	id := ws.next
-	ws.next++
-	ws.m[id] = f
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			ws.mu.Lock()
-			delete(ws.m, id)
-			ws.mu.Unlock()
-		})
-	}
-}
-
-// Recorded calls every callback with instance.
-func (ws *EventWatchers) Recorded(instance string) {
-	ws.mu.RLock()
-	defer ws.mu.RUnlock()
-	for _, f := range ws.m {
-		f(instance)
-	}
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keygate/keygate/admin"
 	"github.com/keygate/keygate/apikey"
 	"github.com/keygate/keygate/internal/testutil"
 	"github.com/keygate/keygate/store"
@@ -30,7 +31,7 @@ type receiver struct {
 type delivery struct {
 	id, sig string
 	body    []byte
-	event   Event
+	event   admin.Event
 }
 
 func newReceiver(t *testing.T) *receiver {
@@ -42,7 +43,7 @@ func newReceiver(t *testing.T) *receiver {
 			return
 		}
 		body, _ := io.ReadAll(req.Body)
-		var e Event
+		var e admin.Event
 		json.Unmarshal(body, &e)
 		r.mu.Lock()
 		r.got = append(r.got, delivery{id: req.Header.Get(HeaderEventID), sig: req.Header.Get(HeaderSignature), body: body, event: e})

@@ -29,6 +29,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/keygate/keygate/admin"
 	"github.com/keygate/keygate/store"
 )
 
@@ -87,27 +88,13 @@ func (w Webhook) Redacted() string {
 	return u.Scheme + "://" + u.Host + u.EscapedPath()
 }
 
-// Event is the event object a delivery carries, as the admin API's events list shows it.
-type Event struct {
-	Object   string   `json:"object"`
-	ID       string   `json:"id"`
-	Type     string   `json:"type"`
-	Instance string   `json:"instance"`
-	KeyID    string   `json:"key_id"`
-	NewKeyID string   `json:"new_key_id,omitempty"`
-	Fields   []string `json:"fields,omitempty"`
-	URL      string   `json:"url,omitempty"`
-	Source   string   `json:"source,omitempty"`
-	Actor    string   `json:"actor"`
-	// CreatedAt is when the event was recorded (UTC).
-	CreatedAt time.Time `json:"created_at"`
-}
+// Event is the event object a delivery carries: the admin API's.
+type Event = admin.Event
 
-// Body is the JSON body of the delivery of e.
+// Body is the JSON body of the delivery of e: the event object, as the admin API's events
+// list shows it.
 func Body(e store.Event) ([]byte, error) {
-	return json.Marshal(Event{Object: "event", ID: e.ID, Type: e.Type, Instance: e.Instance, KeyID: e.KeyID,
-		NewKeyID: e.NewKeyID, Fields: e.Fields, URL: e.URL, Source: e.Source, Actor: e.Actor,
-		CreatedAt: e.CreatedAt.UTC()})
+	return json.Marshal(admin.EventObject(e))
 }
 
 // Sign returns the Nora-Signature header value for body sent at t.

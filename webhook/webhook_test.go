@@ -5,13 +5,10 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"reflect"
-	"slices"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/keygate/keygate/admin"
 	"github.com/keygate/keygate/store"
 )
 
@@ -146,20 +143,5 @@ func TestBackoff(t *testing.T) {
 	// 40 attempts span more than a day: at least 24 h of retries before GiveUpAfter.
 	if total < 24*time.Hour {
 		t.Fatalf("40 retries span only %v", total)
-	}
-}
-
-// The delivery's event object is the admin API's: same fields, same JSON names.
-func TestEventMatchesTheAdminAPIs(t *testing.T) {
-	tags := func(v any) []string {
-		rt := reflect.TypeOf(v)
-		out := make([]string, rt.NumField())
-		for i := range out {
-			out[i] = rt.Field(i).Name + " " + rt.Field(i).Tag.Get("json")
-		}
-		return out
-	}
-	if a, w := tags(admin.Event{}), tags(Event{}); !slices.Equal(a, w) {
-		t.Fatalf("admin.Event fields %v, webhook.Event fields %v", a, w)
 	}
 }
