@@ -431,7 +431,7 @@ func ourGoroutines() int {
 			continue
 		}
 		site := g[i:]
-		for _, mark := range []string{"keygate/keygate/", "ristretto", "go-redis", "golang-lru", "bbolt"} {
+		for _, mark := range []string{"keygate/keygate/", "otter", "go-redis", "golang-lru", "bbolt"} {
 			if strings.Contains(site, mark) && !strings.Contains(site, "redistest") {
 				n++
 				break

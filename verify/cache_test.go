@@ -169,3 +169,21 @@ func TestSingleflightUnknownKey(t *testing.T) {
 	}
 	f.expectLookups(1)
 }
+
+// A positive entry serves for TTL after its fill, then the key is looked up again: the TTL is
+// counted on the verifier's clock, on every hit.
+func TestPositiveEntryGoesStaleAfterTTL(t *testing.T) {
+	const ttl = time.Minute
+	f := newFixture(t, nil, Config{TTL: ttl})
+	secret, _ := f.createKey(apikey.Sandbox, time.Time{})
+	f.warm(secret)
+	n := f.st.lookups.Load()
+	f.clk.Advance(ttl - time.Millisecond)
+	f.expect(secret, apikey.EnvUnknown, OK)
+	f.expectLookups(n) // still a hit
+	f.clk.Advance(time.Millisecond)
+	f.expect(secret, apikey.EnvUnknown, OK)
+	f.expectLookups(n + 1) // stale: looked up and filled again
+	f.expect(secret, apikey.EnvUnknown, OK)
+	f.expectLookups(n + 1)
+}

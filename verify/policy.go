@@ -3,13 +3,18 @@ package verify
 import (
 	"net/netip"
 	"strings"
+	"sync/atomic"
 
+	"github.com/keygate/keygate/limit"
 	"github.com/keygate/keygate/store"
 )
 
 // policy is a key's restrictions and metadata as the cache holds them, ready for the
 // per-request checks: scopes as a set, allowed addresses as an ipSet, the placeholders'
 // names and values already built. An unrestricted key's policy is the zero value.
+//
+// An entry of an unrestricted, unlimited key has no policy (nil): the zero policy, which
+// restricts nothing, stands for it. A policy is immutable but for meter.
 type policy struct {
 	scoped   bool                // false: any route
 	exact    map[string]struct{} // the scopes without *
@@ -19,7 +24,15 @@ type policy struct {
 	meta     []Meta
 	rl       *store.RateLimit // nil: the route's default, if any
 	quota    *store.Quota
+	// id is the key id when it does not fit the entry's fixed-size field (ids not of the
+	// form key_ and 24 characters); "" otherwise.
+	id string
+	// meter is the key's limit state, found on first need.
+	meter atomic.Pointer[limit.KeyMeter]
 }
+
+// openPolicy is the policy of the entries that have none.
+var openPolicy policy
 
 // Meta is a metadata value with the name of its placeholder,
 // {http.auth.user.metadata.NAME}.
@@ -31,8 +44,8 @@ type Meta struct {
 // MetadataPlaceholder is the placeholder prefix of metadata values.
 const MetadataPlaceholder = "http.auth.user.metadata."
 
-func newPolicy(scopes []string, allowed []netip.Prefix, metadata map[string]string) policy {
-	var p policy
+func newPolicy(scopes []string, allowed []netip.Prefix, metadata map[string]string) *policy {
+	p := new(policy)
 	if scopes != nil {
 		p.scoped = true
 		p.exact = make(map[string]struct{}, len(scopes))
@@ -52,7 +65,12 @@ func newPolicy(scopes []string, allowed []netip.Prefix, metadata map[string]stri
 	return p
 }
 
-func policyOf(l store.Lookup) policy {
+// policyOf is the policy of a lookup: nil for a key with no restriction, no metadata and no
+// limit (the common case costs no allocation and no memory in the cache).
+func policyOf(l store.Lookup) *policy {
+	if l.Scopes == nil && l.AllowedIPs == nil && len(l.Metadata) == 0 && l.RateLimit == nil && l.Quota == nil {
+		return nil
+	}
 	p := newPolicy(l.Scopes, l.AllowedIPs, l.Metadata)
 	p.rl, p.quota = l.RateLimit, l.Quota
 	return p

@@ -1,9 +1,11 @@
 package verify
 
 import (
+	"math"
 	"net/netip"
 	"testing"
 	"time"
+	"unique"
 
 	"github.com/keygate/keygate/apikey"
 	"github.com/keygate/keygate/store"
@@ -37,10 +39,14 @@ func TestRestrictedKeyDecisions(t *testing.T) {
 	ok := netip.MustParseAddr("203.0.113.7")
 	other := netip.MustParseAddr("198.51.100.1")
 	restricted := func(revoked bool, expires int64) *entry {
-		return &entry{env: apikey.Sandbox, id: "key_x", instance: sandboxInstance, revoked: revoked, expires: expires, signed: true,
-			policy: newPolicy([]string{"charges:read", "customers:*"},
-				[]netip.Prefix{netip.MustParsePrefix("203.0.113.0/24"), netip.MustParsePrefix("2001:db8::/32")},
-				map[string]string{"team": "billing"})}
+		e := &entry{env: apikey.Sandbox, instance: unique.Make(sandboxInstance), revoked: revoked, expires: expires, signed: true,
+			stale: math.MaxInt64}
+		p := newPolicy([]string{"charges:read", "customers:*"},
+			[]netip.Prefix{netip.MustParsePrefix("203.0.113.0/24"), netip.MustParsePrefix("2001:db8::/32")},
+			map[string]string{"team": "billing"})
+		p.id = "key_x"
+		e.policy.Store(p)
+		return e
 	}
 	for _, tc := range []struct {
 		name    string
@@ -59,14 +65,14 @@ func TestRestrictedKeyDecisions(t *testing.T) {
 		{"second scope missing", restricted(false, 0), ok, []string{"charges:read", "refunds:write"}, InsufficientScope, 1},
 		{"revoked before address", restricted(true, 0), other, []string{"refunds:write"}, Revoked, 0},
 		{"expired before address", restricted(false, now.Add(-time.Second).UnixNano()), other, nil, Expired, 0},
-		{"unrestricted key", &entry{env: apikey.Sandbox, signed: true}, other, []string{"refunds:write"}, OK, 0},
+		{"unrestricted key", &entry{env: apikey.Sandbox, signed: true, instance: unique.Make(sandboxInstance)}, other, []string{"refunds:write"}, OK, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := f.v.decideEntry(tc.e, apikey.Sandbox, now, &Request{Client: tc.client, Scopes: tc.scopes})
 			if r.Code != tc.want || (r.Code == InsufficientScope && r.MissingScope != tc.missing) {
 				t.Fatalf("got %v (missing %d), want %v (missing %d)", r.Code, r.MissingScope, tc.want, tc.missing)
 			}
-			if r.Code == OK && tc.e.policy.scoped {
+			if r.Code == OK && tc.e.pol().scoped {
 				if r.Scopes != "charges:read,customers:*" || len(r.Metadata) != 1 ||
 					r.Metadata[0] != (Meta{Placeholder: "http.auth.user.metadata.team", Value: "billing"}) {
 					t.Fatalf("placeholders: %q %v", r.Scopes, r.Metadata)

@@ -1,11 +1,11 @@
 // Package verify decides on one presented API key: format and checksum, environment, then the
 // in-process cache or one store lookup, then revoked and expired. It owns the positive cache
-// (ristretto), the negative cache (an LRU of unknown hashes) and the invalidation state, and
+// (otter, a W-TinyLFU cache), the negative cache (an LRU of unknown hashes) and the invalidation state, and
 // keeps the cache and revocation guarantees (docs/design.md, "Guarantees"):
 //
 //   - a hit costs no store round trip, and expiry is checked on every request against the
 //     cached expires_at, so the cache never extends a key's life;
-//   - an entry holds the full key hash and a hit compares it (ristretto keeps a fingerprint);
+//   - entries are keyed by the full 32-byte key hash: two keys never share an entry;
 //   - once an invalidation has been delivered (Invalidate returns), no request is answered
 //     from what was cached before it, and no lookup that started before it fills the cache
 //     or is joined by a request that arrives after it;
@@ -17,16 +17,17 @@ package verify
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"net/netip"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unique"
+	"unsafe"
 
-	"github.com/dgraph-io/ristretto/v2"
 	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/maypok86/otter/v2"
 	"go.uber.org/zap"
 	"golang.org/x/sync/singleflight"
 
@@ -163,19 +164,40 @@ func (c *Config) defaults() {
 	}
 }
 
-// entry is a cached key. It is immutable but for lastTouch.
+// entry is a cached key. It is immutable but for lastTouch and policy (which a key without
+// one gains when a route's default rate limit needs its meter). Its layout keeps it at 80
+// bytes: the id inline, the instance interned, no policy for a plain key.
 type entry struct {
-	hash      apikey.Hash
-	id        string
-	instance  string
+	id        [idLen]byte            // the key id, when it has the usual form (else policy.id)
+	epoch     uint32                 // the flush epoch it was filled in
+	expires   int64                  // unix nanoseconds; 0: never
+	stale     int64                  // unix nanoseconds when it stops serving (the cache TTL)
+	lastTouch atomic.Int64           // unix nanoseconds of the last last_used_at write queued
+	policy    atomic.Pointer[policy] // scopes, addresses, metadata, limits; nil: none
+	instance  unique.Handle[string]  // interned: every key of an instance shares it
 	env       apikey.Environment
-	expires   int64 // unix nanoseconds; 0: never
 	revoked   bool
-	signed    bool                           // the key's signature tag verifies (always true without signing)
-	policy    policy                         // scopes, allowed addresses, metadata, limits
-	meter     atomic.Pointer[limit.KeyMeter] // the key's limit state, found on first need
-	epoch     uint64
-	lastTouch atomic.Int64 // unix nanoseconds of the last last_used_at write queued
+	signed    bool // the key's signature tag verifies (always true without signing)
+}
+
+// idLen is the length of a key id of the usual form: key_ and 24 characters.
+const idLen = 28
+
+// keyID returns the entry's key id without allocating: a string over its bytes, which never
+// change once filled.
+func (e *entry) keyID() string {
+	if p := e.policy.Load(); p != nil && p.id != "" {
+		return p.id
+	}
+	return unsafe.String(&e.id[0], idLen)
+}
+
+// pol returns the entry's policy (the open policy for a key without one).
+func (e *entry) pol() *policy {
+	if p := e.policy.Load(); p != nil {
+		return p
+	}
+	return &openPolicy
 }
 
 type touch struct {
@@ -200,7 +222,7 @@ type Stats struct {
 type Verifier struct {
 	cfg   Config
 	store Store
-	cache *ristretto.Cache[uint64, *entry]
+	cache *otter.Cache[apikey.Hash, *entry]
 	neg   *lru.Cache[apikey.Hash, int64] // hash → expiry (unix nanoseconds)
 	sf    singleflight.Group
 
@@ -226,18 +248,15 @@ type Verifier struct {
 // New returns a Verifier on s and subscribes it to s's invalidations. Close it when done.
 func New(s Store, cfg Config) (*Verifier, error) {
 	cfg.defaults()
-	cache, err := ristretto.NewCache(&ristretto.Config[uint64, *entry]{
-		NumCounters:        cfg.Size * 10,
-		MaxCost:            cfg.Size,
-		BufferItems:        64,
-		IgnoreInternalCost: true, // cost 1 per entry: Size is a number of keys
-	})
+	// Sets are synchronous (a Set is visible when it returns; a Get after an Invalidate
+	// never sees the old entry), and the cache keeps no expiry of its own: an entry's stale
+	// time is checked on every hit, which costs no memory per entry.
+	cache, err := otter.New(&otter.Options[apikey.Hash, *entry]{MaximumSize: int(cfg.Size)})
 	if err != nil {
 		return nil, err
 	}
 	neg, err := lru.New[apikey.Hash, int64](cfg.NegativeSize)
 	if err != nil {
-		cache.Close()
 		return nil, err
 	}
 	v := &Verifier{cfg: cfg, store: s, cache: cache, neg: neg,
@@ -255,7 +274,8 @@ func (v *Verifier) Close() {
 		v.unsubscribe()
 		close(v.stop)
 		<-v.done
-		v.cache.Close()
+		v.cache.InvalidateAll()
+		v.cache.StopAllGoroutines()
 	})
 }
 
@@ -267,8 +287,6 @@ func (v *Verifier) Retire(delay time.Duration) {
 	v.SetHealthy(false)
 	time.AfterFunc(delay, v.Close)
 }
-
-func cacheKey(h *apikey.Hash) uint64 { return binary.LittleEndian.Uint64(h[:8]) }
 
 // Verify decides on key for a route that accepts want (EnvUnknown: any environment).
 func (v *Verifier) Verify(key string, want apikey.Environment) Result {
@@ -296,8 +314,8 @@ func (v *Verifier) verify(req *Request) (_ Result, counted bool) {
 	h := v.cfg.Hasher.Sum(key)
 	now := v.cfg.Now()
 
-	e, hit := v.cache.Get(cacheKey(&h))
-	if hit && (e.hash != h || e.epoch != v.epoch.Load()) {
+	e, hit := v.cache.GetIfPresent(h)
+	if hit && (e.epoch != uint32(v.epoch.Load()) || now.UnixNano() >= e.stale) {
 		hit = false
 	}
 	// The signature tag, before the environment and any lookup. A cached entry knows whether
@@ -380,22 +398,24 @@ func (v *Verifier) lookup(h apikey.Hash, gen uint64) (store.Lookup, error) {
 // fill builds the entry for a lookup and caches it, unless an invalidation or a flush came
 // since the lookup started or the channel is down.
 func (v *Verifier) fill(h apikey.Hash, l store.Lookup, gen uint64, signed bool) *entry {
-	e := &entry{hash: h, id: l.ID, instance: l.Instance, env: l.Environment,
+	e := &entry{env: l.Environment, instance: unique.Make(l.Instance),
 		expires: unixNano(l.ExpiresAt), revoked: !l.RevokedAt.IsZero(), signed: signed,
-		policy: policyOf(l)}
+		stale: v.cfg.Now().Add(v.cfg.TTL).UnixNano()}
+	p := policyOf(l)
+	if len(l.ID) == idLen {
+		copy(e.id[:], l.ID)
+	} else {
+		if p == nil {
+			p = new(policy)
+		}
+		p.id = l.ID
+	}
+	e.policy.Store(p)
 	v.fillMu.Lock()
 	defer v.fillMu.Unlock()
-	e.epoch = v.epoch.Load()
+	e.epoch = uint32(v.epoch.Load())
 	if v.gen.Load() == gen && v.healthy.Load() {
-		ttl := v.cfg.TTL
-		if e.expires != 0 {
-			// No point keeping it past its expiry (it would answer expired from the cache,
-			// which is correct, but holds memory).
-			if until := time.Duration(e.expires - v.cfg.Now().UnixNano()); until > 0 && until < ttl {
-				ttl = until + time.Second
-			}
-		}
-		v.cache.SetWithTTL(cacheKey(&h), e, 1, ttl)
+		v.cache.Set(h, e)
 	}
 	return e
 }
@@ -408,36 +428,34 @@ func unixNano(t time.Time) int64 {
 }
 
 func (v *Verifier) decideEntry(e *entry, env apikey.Environment, now time.Time, req *Request) Result {
+	p := e.pol()
+	id, instance := e.keyID(), e.instance.Value()
 	switch {
 	case e.env != env:
 		// The prefix and the record disagree: not a key we issued.
 		return Result{Code: InvalidKey}
 	case e.revoked:
-		return Result{Code: Revoked, KeyID: e.id, Instance: e.instance}
+		return Result{Code: Revoked, KeyID: id, Instance: instance}
 	case e.expires != 0 && e.expires <= now.UnixNano():
-		return Result{Code: Expired, KeyID: e.id, Instance: e.instance}
-	case e.policy.ips != nil && !e.policy.ips.contains(req.Client):
-		return Result{Code: IPNotAllowed, KeyID: e.id, Instance: e.instance}
+		return Result{Code: Expired, KeyID: id, Instance: instance}
+	case p.ips != nil && !p.ips.contains(req.Client):
+		return Result{Code: IPNotAllowed, KeyID: id, Instance: instance}
 	}
 	for i, s := range req.Scopes {
-		if !e.policy.allows(s) {
-			return Result{Code: InsufficientScope, MissingScope: i, KeyID: e.id, Instance: e.instance}
+		if !p.allows(s) {
+			return Result{Code: InsufficientScope, MissingScope: i, KeyID: id, Instance: instance}
 		}
 	}
 	var limits limit.Decision
 	limited := false
-	if rl, q := e.rateLimit(req), e.policy.quota; (rl != nil || q != nil) && v.cfg.Meter != nil {
-		km := e.meter.Load()
-		if km == nil {
-			km = v.cfg.Meter.Key(e.instance, e.id)
-			e.meter.Store(km)
-		}
+	if rl, q := p.rateLimit(req), p.quota; (rl != nil || q != nil) && v.cfg.Meter != nil {
+		km := v.meterOf(e, p, id, instance)
 		limits, limited = km.Take(rl, q), true
 		switch limits.Outcome {
 		case limit.RateLimited:
-			return Result{Code: RateLimitExceeded, Limits: limits, Limited: true, KeyID: e.id, Instance: e.instance}
+			return Result{Code: RateLimitExceeded, Limits: limits, Limited: true, KeyID: id, Instance: instance}
 		case limit.QuotaExceeded:
-			return Result{Code: QuotaExceeded, Limits: limits, Limited: true, KeyID: e.id, Instance: e.instance}
+			return Result{Code: QuotaExceeded, Limits: limits, Limited: true, KeyID: id, Instance: instance}
 		case limit.Unreachable:
 			return Result{Code: Unavailable}
 		}
@@ -445,21 +463,21 @@ func (v *Verifier) decideEntry(e *entry, env apikey.Environment, now time.Time, 
 	if !e.signed {
 		v.Stats.UnsignedKeys.Add(1)
 	}
-	v.touch(e, now)
-	return Result{Code: OK, KeyID: e.id, Instance: e.instance, Environment: e.env,
-		Scopes: e.policy.joined, Metadata: e.policy.meta, Limits: limits, Limited: limited}
+	v.touch(e, id, instance, now)
+	return Result{Code: OK, KeyID: id, Instance: instance, Environment: e.env,
+		Scopes: p.joined, Metadata: p.meta, Limits: limits, Limited: limited}
 }
 
 // touch queues a last_used_at write at most once per TouchInterval per cached key; the
 // writes happen off the request path and are dropped when the queue is full.
-func (v *Verifier) touch(e *entry, now time.Time) {
+func (v *Verifier) touch(e *entry, id, instance string, now time.Time) {
 	n := now.UnixNano()
 	last := e.lastTouch.Load()
 	if n-last < int64(v.cfg.TouchInterval) || !e.lastTouch.CompareAndSwap(last, n) {
 		return
 	}
 	select {
-	case v.touches <- touch{instance: e.instance, id: e.id, at: now}:
+	case v.touches <- touch{instance: instance, id: id, at: now}:
 	default:
 	}
 }
@@ -487,14 +505,10 @@ func (v *Verifier) Invalidate(hashes ...apikey.Hash) {
 	v.fillMu.Lock()
 	v.gen.Add(1)
 	v.fillMu.Unlock()
+	// A fill checks gen and sets under fillMu, and Set is synchronous: after this, no fill
+	// of an older gen can bring an entry back.
 	for i := range hashes {
-		v.cache.Del(cacheKey(&hashes[i]))
-	}
-	// A Set queued before the gen moved may still be in ristretto's buffer and would be
-	// applied after the Del: wait for the buffer to drain, then delete again.
-	v.cache.Wait()
-	for i := range hashes {
-		v.cache.Del(cacheKey(&hashes[i]))
+		v.cache.Invalidate(hashes[i])
 	}
 }
 
@@ -530,11 +544,31 @@ func (v *Verifier) SetHealthy(ok bool) {
 func (v *Verifier) Healthy() bool { return v.healthy.Load() }
 
 // rateLimit is the key's own rate limit, or the route's default.
-func (e *entry) rateLimit(req *Request) *store.RateLimit {
-	if e.policy.rl != nil {
-		return e.policy.rl
+func (p *policy) rateLimit(req *Request) *store.RateLimit {
+	if p.rl != nil {
+		return p.rl
 	}
 	return req.RateLimit
+}
+
+// meterOf returns the key's limit state, found in the meter on first need and kept in its
+// policy (a key without a policy, limited only by a route's default, gains an empty one).
+func (v *Verifier) meterOf(e *entry, p *policy, id, instance string) *limit.KeyMeter {
+	if km := p.meter.Load(); km != nil {
+		return km
+	}
+	km := v.cfg.Meter.Key(instance, id)
+	if p == &openPolicy {
+		np := new(policy)
+		np.meter.Store(km)
+		if !e.policy.CompareAndSwap(nil, np) {
+			p = e.policy.Load() // another request gave it one first
+		} else {
+			return km
+		}
+	}
+	p.meter.CompareAndSwap(nil, km)
+	return p.meter.Load()
 }
 
 // Interface guards

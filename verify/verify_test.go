@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/keygate/keygate/apikey"
 	"github.com/keygate/keygate/store"
@@ -149,7 +150,7 @@ func TestVerifyCodes(t *testing.T) {
 	})
 
 	t.Run("Expired/while cached", func(t *testing.T) {
-		f := newFixture(t, nil, Config{})
+		f := newFixture(t, nil, Config{TTL: 48 * time.Hour}) // the entry outlives the clock's moves
 		exp := base.Add(time.Hour)
 		secret, _ := f.createKey(apikey.Sandbox, exp)
 		f.warm(secret)
@@ -263,36 +264,38 @@ func TestHasherPepper(t *testing.T) {
 	f.expect(plain, apikey.EnvUnknown, InvalidKey)
 }
 
-// Two keys whose hashes share the 64 bits ristretto indexes by must never share an entry:
-// a hit compares the full hash.
-func TestCacheEntryComparesFullHash(t *testing.T) {
+// The cache is keyed by the full hash: a key is answered from its own entry only, and the
+// entry says which key it is.
+func TestCacheEntryIsTheKeys(t *testing.T) {
 	f := newFixture(t, nil, Config{})
 	a, ka := f.createKey(apikey.Sandbox, time.Time{})
 	b, kb := f.createKey(apikey.Sandbox, time.Time{})
 	f.warm(a)
-	// Put a's entry where b's would be (what a collision of the first 8 bytes would do).
-	ha, hb := f.hasher.Sum(a), f.hasher.Sum(b)
-	ea, ok := f.v.cache.Get(cacheKey(&ha))
-	if !ok {
-		t.Fatal("a is not cached")
-	}
-	f.v.cache.Set(cacheKey(&hb), ea, 1)
-	f.waitCache()
-	if got, ok := f.v.cache.Get(cacheKey(&hb)); !ok || got != ea {
-		t.Fatal("could not plant the colliding entry")
+	f.warm(b)
+	ea, oka := f.v.cache.GetIfPresent(f.hasher.Sum(a))
+	eb, okb := f.v.cache.GetIfPresent(f.hasher.Sum(b))
+	if !oka || !okb || ea == eb || ea.keyID() != ka.ID || eb.keyID() != kb.ID || ea.instance.Value() != ka.Instance {
+		t.Fatalf("entries: a %v %v, b %v %v", oka, ea, okb, eb)
 	}
 	n := f.st.lookups.Load()
-	r := f.expect(b, apikey.EnvUnknown, OK)
-	if r.KeyID != kb.ID || r.KeyID == ka.ID {
-		t.Fatalf("b answered as key %s, want %s (a is %s)", r.KeyID, kb.ID, ka.ID)
+	if r := f.expect(b, apikey.EnvUnknown, OK); r.KeyID != kb.ID {
+		t.Fatalf("b answered as %s, want %s", r.KeyID, kb.ID)
 	}
-	f.expectLookups(n + 1)
-	// An unknown key landing on a's entry is not a's either.
-	unknown, _ := apikey.Generate(apikey.Sandbox)
-	hu := f.hasher.Sum(unknown)
-	f.v.cache.Set(cacheKey(&hu), ea, 1)
-	f.waitCache()
-	f.expect(unknown, apikey.EnvUnknown, InvalidKey)
+	f.expectLookups(n) // a hit
+	// A key whose hash differs from a's only after the first 8 bytes finds nothing.
+	h := f.hasher.Sum(a)
+	h[31] ^= 1
+	if _, ok := f.v.cache.GetIfPresent(h); ok {
+		t.Fatal("a hash differing in its last byte found a's entry")
+	}
+}
+
+// An entry is 80 bytes (the cache's memory per key rests on it): the id inline, the instance
+// interned, no policy for a plain key.
+func TestEntrySize(t *testing.T) {
+	if n := unsafe.Sizeof(entry{}); n > 80 {
+		t.Fatalf("entry is %d bytes, want at most 80", n)
+	}
 }
 
 func TestCodeString(t *testing.T) {
@@ -313,7 +316,7 @@ func TestCodeString(t *testing.T) {
 }
 
 func TestStats(t *testing.T) {
-	f := newFixture(t, nil, Config{})
+	f := newFixture(t, nil, Config{TTL: 2 * time.Hour}) // the clock moves an hour below
 	secret, k := f.createKey(apikey.Sandbox, time.Time{})
 	expiring, _ := f.createKey(apikey.Sandbox, base.Add(time.Hour))
 	unknown, _ := apikey.Generate(apikey.Sandbox)
