@@ -55,23 +55,66 @@ func NewAPI(s store.Store, tokens []Token, hasher apikey.Hasher, logger *zap.Log
 	}
 	a := &API{Store: s, Tokens: tokens, Hasher: hasher, Now: time.Now, Logger: logger}
 	m := http.NewServeMux()
-	m.HandleFunc("GET /healthz", a.healthz)
-	m.HandleFunc("GET /v1/me", a.auth(a.me))
-	m.HandleFunc("GET /v1/gateways", a.auth(a.listGateways))
-	m.HandleFunc("GET /v1/instances", a.auth(a.listInstances))
-	m.HandleFunc("POST /v1/instances", a.auth(a.createInstance, PermInstance))
-	m.HandleFunc("GET /v1/instances/{instance}/keys", a.auth(a.listKeys, PermRead))
-	m.HandleFunc("POST /v1/instances/{instance}/keys", a.auth(a.createKey, PermCreate))
-	m.HandleFunc("GET /v1/instances/{instance}/keys/{id}", a.auth(a.getKey, PermRead))
-	m.HandleFunc("PATCH /v1/instances/{instance}/keys/{id}", a.auth(a.updateKey, PermCreate))
-	m.HandleFunc("DELETE /v1/instances/{instance}/keys/{id}", a.auth(a.revokeKey, PermDelete))
-	m.HandleFunc("POST /v1/instances/{instance}/keys/{id}/roll", a.auth(a.rollKey, PermCreate, PermDelete))
-	m.HandleFunc("GET /v1/instances/{instance}/keys/{id}/usage", a.auth(a.usage, PermRead))
-	m.HandleFunc("GET /v1/instances/{instance}/usage", a.auth(a.usage, PermRead))
-	m.HandleFunc("GET /v1/instances/{instance}/events", a.auth(a.listEvents, PermRead))
+	for _, rt := range routes {
+		if rt.public != nil {
+			m.HandleFunc(rt.pattern, func(w http.ResponseWriter, r *http.Request) { rt.public(a, w, r) })
+			continue
+		}
+		m.HandleFunc(rt.pattern, a.auth(func(w http.ResponseWriter, r *http.Request, t *Token) error {
+			return rt.call(a, w, r, t)
+		}, rt.perms...))
+	}
+	// Everything else under these paths is a 404 or a 405 in the API's error shape.
 	m.HandleFunc("/v1/", a.noRoute)
+	m.HandleFunc(OpenAPIPath, a.noRoute)
 	a.mux = m
 	return a, nil
+}
+
+// route is one call of the API. NewAPI serves exactly these and Routes lists them, so the
+// test that holds the OpenAPI description to the API sees every call the mux serves.
+type route struct {
+	pattern string // "METHOD /path", a ServeMux pattern and the description's path
+	// public answers without a token; call needs a valid one that holds perms.
+	public func(a *API, w http.ResponseWriter, r *http.Request)
+	call   func(a *API, w http.ResponseWriter, r *http.Request, t *Token) error
+	perms  []Permission
+}
+
+func public(pattern string, h func(*API, http.ResponseWriter, *http.Request)) route {
+	return route{pattern: pattern, public: h}
+}
+
+func guarded(pattern string, h func(*API, http.ResponseWriter, *http.Request, *Token) error, perms ...Permission) route {
+	return route{pattern: pattern, call: h, perms: perms}
+}
+
+var routes = []route{
+	public("GET /healthz", (*API).healthz),
+	public("GET "+OpenAPIPath, (*API).openAPI),
+	guarded("GET /v1/me", (*API).me),
+	guarded("GET /v1/gateways", (*API).listGateways),
+	guarded("GET /v1/instances", (*API).listInstances),
+	guarded("POST /v1/instances", (*API).createInstance, PermInstance),
+	guarded("GET /v1/instances/{instance}/keys", (*API).listKeys, PermRead),
+	guarded("POST /v1/instances/{instance}/keys", (*API).createKey, PermCreate),
+	guarded("GET /v1/instances/{instance}/keys/{id}", (*API).getKey, PermRead),
+	guarded("PATCH /v1/instances/{instance}/keys/{id}", (*API).updateKey, PermCreate),
+	guarded("DELETE /v1/instances/{instance}/keys/{id}", (*API).revokeKey, PermDelete),
+	guarded("POST /v1/instances/{instance}/keys/{id}/roll", (*API).rollKey, PermCreate, PermDelete),
+	guarded("GET /v1/instances/{instance}/keys/{id}/usage", (*API).usage, PermRead),
+	guarded("GET /v1/instances/{instance}/usage", (*API).usage, PermRead),
+	guarded("GET /v1/instances/{instance}/events", (*API).listEvents, PermRead),
+}
+
+// Routes lists the calls the API serves, as "METHOD /path" (the path in ServeMux's syntax,
+// which is also the OpenAPI description's).
+func Routes() []string {
+	out := make([]string, 0, len(routes))
+	for _, rt := range routes {
+		out = append(out, rt.pattern)
+	}
+	return out
 }
 
 // noRoute answers a path no call has (404 not_found) or a method the path does not take
@@ -81,7 +124,8 @@ func (a *API) noRoute(w http.ResponseWriter, r *http.Request) {
 	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPatch, http.MethodDelete} {
 		probe := r.Clone(r.Context())
 		probe.Method = m
-		if _, pattern := a.mux.Handler(probe); pattern != "/v1/" {
+		// The patterns of calls name their method; the catch-alls do not.
+		if _, pattern := a.mux.Handler(probe); strings.Contains(pattern, " ") {
 			allowed = append(allowed, m)
 		}
 	}
@@ -102,7 +146,7 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // Handles reports whether the API answers this path (the rest is the web page's).
 func Handles(path string) bool {
-	return path == "/healthz" || path == "/v1" || strings.HasPrefix(path, "/v1/")
+	return path == "/healthz" || path == OpenAPIPath || path == "/v1" || strings.HasPrefix(path, "/v1/")
 }
 
 // fail answers err: an *apiError as it is, a store error as its API code, anything else as

@@ -20,10 +20,10 @@ func init() {
 	caddy.RegisterModule(Admin{})
 }
 
-// Admin is the `nora_admin` handler: keygate's admin endpoint (JSON API under /v1, /healthz),
-// meant for its own site on a private listener. It is terminal: it answers everything under
-// its route itself. Requests authenticate with `Authorization: Bearer <admin token>`; cookies
-// are never read.
+// Admin is the `nora_admin` handler: keygate's admin endpoint (JSON API under /v1, /healthz,
+// the API's OpenAPI description at /openapi.yaml), meant for its own site on a private
+// listener. It is terminal: it answers everything under its route itself. Requests
+// authenticate with `Authorization: Bearer <admin token>`; cookies are never read.
 type Admin struct {
 	// Tokens are the admin tokens. At least one is required.
 	Tokens []TokenConfig `json:"tokens,omitempty"`
@@ -120,7 +120,8 @@ func (h *Admin) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Ha
 		page.ServeHTTP(w, r)
 		return nil
 	}
-	if h.disabled != "" && r.URL.Path != "/healthz" {
+	// Disabled, it still says whether it is up, and what its API is.
+	if h.disabled != "" && r.URL.Path != "/healthz" && r.URL.Path != admin.OpenAPIPath {
 		writeAdminError(w, http.StatusServiceUnavailable, "admin_disabled", h.disabled)
 		return nil
 	}
@@ -157,7 +158,7 @@ func (h *Admin) getAPI() *admin.API {
 		return nil
 	}
 	tokens := h.tokens
-	if len(tokens) == 0 { // disabled: /healthz only
+	if len(tokens) == 0 { // disabled: /healthz and /openapi.yaml only
 		tokens = []admin.Token{{Name: "none"}}
 	}
 	api, err := admin.NewAPI(s, tokens, h.app.hasher, h.logger)
