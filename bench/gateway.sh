@@ -3,12 +3,17 @@
 # interleaved rounds (targets: nora_auth at least 0.97 x plain; nora_auth with a limited key at
 # least 0.95 x plain; forward_auth is measured beside them for scale):
 #   plain    — Caddy reverse_proxy, no auth
-#   nora     — nora_auth + reverse_proxy, a key with no limits (checked in-process, from the cache)
+#   nora     — nora_auth + reverse_proxy, a key with no limits (checked in-process, from the cache);
+#              usage counting is on (the default: a counter bump per request, flushed every 5 s)
+#   nousage  — the same in a second keygate process whose nora app says `usage off` (its own
+#              file store and its own `respond` upstream, so both paths are one process each)
 #   limited  — the same site, a key with a rate limit and a quota far above the offered load
 #              (counted locally, leased from the store in the background)
 #   forward  — forward_auth to a minimal auth service (a Caddy `respond 200`) + reverse_proxy
-# All the sites live in one keygate process on the file store, in front of one upstream (a
-# Caddy `respond`). A non-2xx answer makes the run fail.
+# All the sites but nousage live in one keygate process on the file store, in front of one
+# upstream (a Caddy `respond`). A non-2xx answer makes the run fail. At the end the usage
+# endpoints of both processes are asked for the key's counts: the first must have counted the
+# nora rounds, the second nothing.
 # Needs wrk (apt-get install -y wrk). Usage: bench/gateway.sh [seconds] [connections] [rounds]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +23,7 @@ rounds=${3:-3}
 command -v wrk >/dev/null || { echo "wrk not found: apt-get install -y wrk" >&2; exit 1; }
 
 work=$(mktemp -d)
-trap 'kill $(cat "$work/pid" 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'kill $(cat "$work/pid" "$work/pid2" 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
 go build -o "$work/keygate" ./cmd/keygate
 
 token=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
@@ -52,25 +57,54 @@ http://127.0.0.1:18100 {
 }
 http://127.0.0.1:18105 {
 	nora_admin {
-		token $token apiKey.create
+		token $token apiKey.create apiKey.read
+	}
+}
+CADDY
+cat > "$work/Caddyfile-nousage" <<CADDY
+{
+	admin off
+	auto_https off
+	nora {
+		store file $work/keys-nousage.db
+		instance bench sandbox "Bench"
+		usage off
+	}
+}
+http://127.0.0.1:18112 {
+	nora_auth
+	reverse_proxy 127.0.0.1:18110
+}
+http://127.0.0.1:18110 {
+	respond "ok"
+}
+http://127.0.0.1:18115 {
+	nora_admin {
+		token $token apiKey.create apiKey.read
 	}
 }
 CADDY
 "$work/keygate" run --config "$work/Caddyfile" > "$work/log" 2>&1 &
 echo $! > "$work/pid"
-for _ in $(seq 100); do curl -s -o /dev/null 127.0.0.1:18105/healthz && break; sleep 0.1; done
+"$work/keygate" run --config "$work/Caddyfile-nousage" > "$work/log2" 2>&1 &
+echo $! > "$work/pid2"
+for adm in 18105 18115; do
+	for _ in $(seq 100); do curl -s -o /dev/null 127.0.0.1:$adm/healthz && break; sleep 0.1; done
+done
 sleep 0.5
-create() { # JSON body → the new key's secret
-	curl -s -X POST -H "Authorization: Bearer $token" -d "$1" 127.0.0.1:18105/v1/instances/bench/keys |
-		sed -n 's/.*"secret":"\([^"]*\)".*/\1/p'
+create() { # admin port, JSON body → the new key's "secret id"
+	curl -s -X POST -H "Authorization: Bearer $token" -d "$2" 127.0.0.1:$1/v1/instances/bench/keys |
+		sed -n 's/.*"id":"\([^"]*\)".*"secret":"\([^"]*\)".*/\2 \1/p'
 }
-key=$(create '{"name":"bench"}')
+read -r key keyid <<<"$(create 18105 '{"name":"bench"}')"
+read -r nkey nkeyid <<<"$(create 18115 '{"name":"bench-nousage"}')"
 # 1,000,000 per second and 10^12 in all: far above what wrk offers on any machine.
-lkey=$(create '{"name":"bench-limited","rate_limit":{"limit":1000000,"window_seconds":1},"quota":{"limit":1000000000000,"period":"total"}}')
-[ -n "$key" ] && [ -n "$lkey" ] || { echo "could not create the keys"; cat "$work/log"; exit 1; }
+read -r lkey _ <<<"$(create 18105 '{"name":"bench-limited","rate_limit":{"limit":1000000,"window_seconds":1},"quota":{"limit":1000000000000,"period":"total"}}')"
+[ -n "$key" ] && [ -n "$lkey" ] && [ -n "$nkey" ] || { echo "could not create the keys"; cat "$work/log" "$work/log2"; exit 1; }
 hdr=$(curl -sf -D - -o /dev/null -H "Authorization: Bearer $lkey" 127.0.0.1:18102/ | tr -d '\r' | grep -i '^ratelimit-limit:' || true)
 [ -n "$hdr" ] || { echo "the limited key's answer carries no RateLimit-Limit"; exit 1; }
-curl -sf -H "Authorization: Bearer $key" 127.0.0.1:18102/ > /dev/null # warm the cache
+curl -sf -H "Authorization: Bearer $key" 127.0.0.1:18102/ > /dev/null # warm the caches
+curl -sf -H "Authorization: Bearer $nkey" 127.0.0.1:18112/ > /dev/null
 
 rps() { # port key → requests per second
 	out=$(wrk -t1 -c"$conns" -d"${secs}s" -H "Authorization: Bearer $2" "http://127.0.0.1:$1/")
@@ -78,18 +112,32 @@ rps() { # port key → requests per second
 	awk '/Requests\/sec/ {print $2}' <<<"$out"
 }
 echo "keygate gateway throughput, $(date -u +%FT%TZ), $(nproc) CPUs, $rounds rounds of wrk -t1 -c$conns -d${secs}s each, interleaved"
-declare -A all
+declare -A all last
 for r in $(seq "$rounds"); do
-	for site in plain:18101:$key nora:18102:$key limited:18102:$lkey forward:18103:$key; do
+	for site in plain:18101:$key nora:18102:$key nousage:18112:$nkey limited:18102:$lkey forward:18103:$key; do
 		IFS=: read -r n port k <<<"$site"
 		v=$(rps "$port" "$k")
 		echo "round $r  $n  $v req/s"
 		all[$n]="${all[$n]:-} $v"
+		last[$n]=$v
 	done
+	# Usage on vs off measured back to back in the same round: less exposed to other load.
+	paired="${paired:-} $(awk -v a="${last[nora]}" -v b="${last[nousage]}" 'BEGIN {printf "%.4f", a/b}')"
 done
 median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-p=$(median "${all[plain]}"); n=$(median "${all[nora]}"); l=$(median "${all[limited]}"); f=$(median "${all[forward]}")
-awk -v p="$p" -v n="$n" -v l="$l" -v f="$f" 'BEGIN {
-	printf "median  plain %.0f  nora_auth %.0f  nora_auth+limits %.0f  forward_auth %.0f req/s\n", p, n, l, f
+p=$(median "${all[plain]}"); n=$(median "${all[nora]}"); u=$(median "${all[nousage]}"); l=$(median "${all[limited]}"); f=$(median "${all[forward]}")
+awk -v p="$p" -v n="$n" -v u="$u" -v l="$l" -v f="$f" 'BEGIN {
+	printf "median  plain %.0f  nora_auth %.0f  nora_auth(usage off) %.0f  nora_auth+limits %.0f  forward_auth %.0f req/s\n", p, n, u, l, f
 	printf "ratios  nora_auth/plain %.3f (target >= 0.97)   limited/plain %.3f (target >= 0.95)   nora_auth/forward_auth %.2f (for scale)\n", n/p, l/p, n/f
+	printf "usage   nora_auth usage on/off %.3f   usage-off/plain %.3f\n", n/u, u/p
 }'
+echo "usage   nora_auth usage on/off per round:$paired   median $(median "$paired")"
+# What each process counted for its key over the last hour (the flush interval is 5 s).
+sleep 6
+okcount() { # admin port, key id → the usage total's ok
+	curl -s -H "Authorization: Bearer $token" "127.0.0.1:$1/v1/instances/bench/keys/$2/usage?granularity=minute" |
+		sed -n 's/.*"total":{"ok":\([0-9]*\).*/\1/p'
+}
+on=$(okcount 18105 "$keyid"); off=$(okcount 18115 "$nkeyid")
+echo "counted  usage on: $on requests of the nora key   usage off: ${off:-?} requests of the nousage key"
+[ "${on:-0}" -gt 0 ] && [ "$off" = 0 ] || { echo "usage counts are not what the sites say (on $on, off $off)" >&2; exit 1; }
