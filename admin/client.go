@@ -284,11 +284,12 @@ func (c *Client) KeyUsage(ctx context.Context, instance, id, granularity string,
 	if granularity != "" {
 		q.Set("granularity", granularity)
 	}
+	// Fractions of a second are sent: a `to` just past a bucket's start includes that bucket.
 	if !from.IsZero() {
-		q.Set("from", from.UTC().Format(time.RFC3339))
+		q.Set("from", from.UTC().Format(time.RFC3339Nano))
 	}
 	if !to.IsZero() {
-		q.Set("to", to.UTC().Format(time.RFC3339))
+		q.Set("to", to.UTC().Format(time.RFC3339Nano))
 	}
 	var out Usage
 	err = c.do(ctx, http.MethodGet, p, q, nil, &out)

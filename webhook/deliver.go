@@ -118,10 +118,11 @@ type Deliverer struct {
 
 type hook struct {
 	Webhook
-	id   string
-	kick chan struct{}
-	slot chan struct{} // one token per delivery in flight
-	mu   sync.Mutex
+	id         string
+	registered bool // RegisterWebhook succeeded (in Start; else run retries it)
+	kick       chan struct{}
+	slot       chan struct{} // one token per delivery in flight
+	mu         sync.Mutex
 	// dirty holds the instances this process recorded events in since the last round.
 	dirty map[string]bool
 }
@@ -143,6 +144,13 @@ func Start(s Store, hooks []Webhook, opt Options) (*Deliverer, error) {
 		d.hooks = append(d.hooks, h)
 	}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
+	// One registration attempt now, so that the events recorded once the gateway serves are
+	// delivered; if the store does not answer, run retries in the background.
+	for _, h := range d.hooks {
+		ctx, cancel := d.storeCtx()
+		h.registered = d.s.RegisterWebhook(ctx, h.id) == nil
+		cancel()
+	}
 	d.stop = s.WatchEvents(func(instance string) {
 		for _, h := range d.hooks {
 			h.mu.Lock()
@@ -182,14 +190,14 @@ func (d *Deliverer) storeCtx() (context.Context, context.CancelFunc) {
 func (d *Deliverer) run(h *hook) {
 	defer d.wg.Done()
 	log := d.opt.Logger.With(zap.String("webhook", h.id), zap.String("url", h.Redacted()))
-	for delay := 100 * time.Millisecond; ; {
+	for delay := 100 * time.Millisecond; !h.registered; {
 		ctx, cancel := d.storeCtx()
 		err := d.s.RegisterWebhook(ctx, h.id)
 		cancel()
 		if err == nil {
 			break
 		}
-		log.Warn("registering the webhook in the store failed; retrying", zap.Error(err))
+		log.Warn("registering the webhook in the store failed: events recorded until it succeeds are not delivered to it; retrying", zap.Error(err))
 		select {
 		case <-d.ctx.Done():
 			return
