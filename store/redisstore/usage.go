@@ -28,12 +28,13 @@ import (
 // a hash per hour (or day) with one expiry: minutes live 48 to 49 hours, hours 90 to 91 days
 // (store.UsageExpiry, which the file store follows too).
 //
-// AddUsage is one transaction (MULTI/EXEC) per instance, on its slot: HINCRBY on each hash,
-// then EXPIREAT on each; the instances' transactions run side by side (go-redis refuses a
-// transaction across slots). Buckets already past their expiry are not written. After a lost
-// reply the client may send a transaction again, as the caller does after an error (package
-// usage keeps a failed batch and adds it again): either way an instance's part of a batch may
-// count twice, never half.
+// AddUsage is one transaction (MULTI/EXEC) per instance and chunk of about 256 commands (a
+// key's buckets always in one), on the instance's slot: HINCRBY on each hash, then EXPIREAT
+// on each; transactions run side by side, at most 8 at once (go-redis refuses a transaction
+// across slots). Small transactions keep Redis answering the gateways' lookups between them.
+// Buckets already past their expiry are not written. After a lost reply the client may send
+// a transaction again, as the caller does after an error (package usage keeps a failed batch
+// and adds it again): either way a key's part of a batch may count twice, never half.
 
 func (s *Store) kUsage(instance, keyID, kind string, n int64) string {
 	return s.p + "{i:" + instance + "}:u:" + keyID + ":" + kind + ":" + strconv.FormatInt(n, 10)
@@ -60,8 +61,13 @@ func (s *Store) AddUsage(ctx context.Context, counts []store.UsageCount) error {
 	var g errgroup.Group
 	g.SetLimit(usageParallel)
 	for i := 0; i < len(adds); {
-		j := i + 1
-		for j < len(adds) && adds[j].Instance == adds[i].Instance {
+		// One transaction per instance and chunk of keys: a key's buckets stay together, and
+		// a chunk closes past usageChunk commands, so that no transaction holds Redis (and the
+		// gateways' lookups behind it) for more than about a millisecond.
+		j, cmds := i+1, 2+len(adds[i].Bucket.Refused)
+		for j < len(adds) && adds[j].Instance == adds[i].Instance &&
+			(cmds < usageChunk || adds[j].KeyID == adds[j-1].KeyID) {
+			cmds += 2 + len(adds[j].Bucket.Refused) // HINCRBYs, and at most one EXPIREAT
 			j++
 		}
 		batch := adds[i:j]
@@ -76,6 +82,10 @@ func (s *Store) AddUsage(ctx context.Context, counts []store.UsageCount) error {
 
 // usageParallel bounds the transactions of one AddUsage in flight.
 const usageParallel = 8
+
+// usageChunk is about how many commands one usage transaction holds (more only to keep a
+// key's buckets in one).
+const usageChunk = 256
 
 // addUsage adds one instance's buckets in one transaction.
 func (s *Store) addUsage(ctx context.Context, adds []store.UsageAdd, now time.Time) error {

@@ -24,6 +24,7 @@ var usageTests = []contractTest{
 	{"UsageMinutesGoAfterTheirRetentionTheirHoursStay", testUsageMinuteRetention},
 	{"UsageHoursGoAfterTheirRetention", testUsageHourRetention},
 	{"UsageConcurrentAddsLoseNothing", testUsageConcurrent},
+	{"UsageOneBatchOfManyKeys", testUsageManyKeys},
 	{"UsageRefusesBadQueriesAndCounts", testUsageErrors},
 }
 
@@ -433,4 +434,40 @@ func testUsageErrors(x *suite) {
 		}
 	}
 	x.checkUsage("after zero counts", inst, k, store.Minute, b, b.Add(time.Hour))
+}
+
+// One AddUsage of 2,000 keys (as a gateway flushes after a busy interval: a store may split
+// it, e.g. in transactions of bounded size) loses nothing and counts nothing twice.
+func testUsageManyKeys(x *suite) {
+	const inst, keys = "acme", 2000
+	m := time.Date(2031, 5, 17, 10, 59, 0, 0, time.UTC)
+	var counts []store.UsageCount
+	for i := range keys {
+		var refused codes
+		if i%10 == 0 {
+			refused = codes{codeRevoked: 1, codeQuota: 2}
+		}
+		counts = append(counts, uc(inst, fmt.Sprintf("key_%05d", i), m, int64(i%7+1), refused))
+	}
+	u := x.usageStore()
+	if err := u.AddUsage(x.ctx, counts); err != nil {
+		x.t.Fatal(err)
+	}
+	var ok int64
+	for i := range keys {
+		ok += int64(i%7 + 1)
+	}
+	from, to := m.Add(-time.Hour), m.Add(time.Hour)
+	x.checkUsage("the instance by minute", inst, "", store.Minute, from, to,
+		ub(m, ok, codes{codeRevoked: keys / 10, codeQuota: 2 * keys / 10}))
+	x.checkUsage("the instance by hour", inst, "", store.Hour, from, to,
+		ub(store.Hour.Truncate(m), ok, codes{codeRevoked: keys / 10, codeQuota: 2 * keys / 10}))
+	for _, i := range []int{0, 1, 999, 1000, keys - 1} {
+		var refused codes
+		if i%10 == 0 {
+			refused = codes{codeRevoked: 1, codeQuota: 2}
+		}
+		x.checkUsage(fmt.Sprintf("key %d by minute", i), inst, fmt.Sprintf("key_%05d", i), store.Minute, from, to,
+			ub(m, int64(i%7+1), refused))
+	}
 }
