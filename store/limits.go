@@ -115,3 +115,27 @@ type Leaser interface {
 	// Used reads a counter (0 if it does not exist).
 	Used(ctx context.Context, instance, keyID, counter string) (int64, error)
 }
+
+// CounterRef names one limit counter of a key of an instance.
+type CounterRef struct {
+	KeyID, Counter string
+}
+
+// UsedMany reads several counters of one instance's keys in one go when the store can
+// (a Redis store: one MGET, the counters being on the instance's slot), else one Used each.
+func UsedMany(ctx context.Context, l Leaser, instance string, refs []CounterRef) ([]int64, error) {
+	if m, ok := l.(interface {
+		UsedMany(ctx context.Context, instance string, refs []CounterRef) ([]int64, error)
+	}); ok {
+		return m.UsedMany(ctx, instance, refs)
+	}
+	out := make([]int64, len(refs))
+	for i, r := range refs {
+		n, err := l.Used(ctx, instance, r.KeyID, r.Counter)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = n
+	}
+	return out, nil
+}

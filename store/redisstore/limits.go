@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -122,6 +123,36 @@ func (s *Store) Used(ctx context.Context, instance, keyID, counter string) (int6
 		return 0, fmt.Errorf("reading counter %s of key %s: %w", counter, keyID, err)
 	}
 	return n, nil
+}
+
+// UsedMany reads counters of one instance's keys with one MGET (they share the instance's
+// slot); store.UsedMany uses it.
+func (s *Store) UsedMany(ctx context.Context, instance string, refs []store.CounterRef) ([]int64, error) {
+	if len(refs) == 0 {
+		return nil, nil
+	}
+	keys := make([]string, len(refs))
+	for i, r := range refs {
+		if err := checkCounter(r.KeyID, r.Counter, 0); err != nil {
+			return nil, err
+		}
+		keys[i] = s.kCounter(instance, r.KeyID, r.Counter)
+	}
+	vals, err := s.rdb.MGet(ctx, keys...).Result()
+	if err != nil {
+		return nil, fmt.Errorf("reading %d counters of %s: %w", len(refs), instance, err)
+	}
+	out := make([]int64, len(refs))
+	for i, v := range vals {
+		str, ok := v.(string)
+		if !ok {
+			continue // no counter yet: 0
+		}
+		if out[i], err = strconv.ParseInt(str, 10, 64); err != nil {
+			return nil, fmt.Errorf("counter %s of key %s is not a number", refs[i].Counter, refs[i].KeyID)
+		}
+	}
+	return out, nil
 }
 
 // Interface guards

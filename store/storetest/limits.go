@@ -391,3 +391,40 @@ func testCounterExpiry(x *suite) {
 		return err == nil && used == 0
 	})
 }
+
+// store.UsedMany (one MGET on Redis) answers what Used answers, counter by counter, in order;
+// a counter never leased is 0, and counters of another instance are apart.
+func testUsedMany(x *suite) {
+	t := x.t
+	exp := time.Now().Add(time.Hour)
+	for i, lease := range []struct {
+		inst, key, counter string
+		n                  int64
+	}{
+		{"acme", "key_a", "q:total", 7},
+		{"acme", "key_b", "q:day:2031-05-17", 3},
+		{"acme", "key_c", "q:total", 11},
+		{"other", "key_a", "q:total", 5},
+	} {
+		if _, _, err := x.s.Lease(x.ctx, lease.inst, lease.key, lease.counter, 100, lease.n, exp); err != nil {
+			t.Fatalf("lease %d: %v", i, err)
+		}
+	}
+	refs := []store.CounterRef{{KeyID: "key_c", Counter: "q:total"}, {KeyID: "key_a", Counter: "q:total"}, {KeyID: "key_b", Counter: "q:day:2031-05-17"},
+		{KeyID: "key_b", Counter: "q:total"}, {KeyID: "key_z", Counter: "q:total"}}
+	got, err := store.UsedMany(x.ctx, x.s, "acme", refs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []int64{11, 7, 3, 0, 0}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("UsedMany = %v, want %v", got, want)
+	}
+	for i, r := range refs {
+		if n, err := x.s.Used(x.ctx, "acme", r.KeyID, r.Counter); err != nil || n != got[i] {
+			t.Errorf("Used(%s %s) = %d, %v; UsedMany said %d", r.KeyID, r.Counter, n, err, got[i])
+		}
+	}
+	if none, err := store.UsedMany(x.ctx, x.s, "acme", nil); err != nil || len(none) != 0 {
+		t.Errorf("UsedMany of nothing = %v, %v", none, err)
+	}
+}

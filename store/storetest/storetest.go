@@ -71,6 +71,7 @@ func Run(t *testing.T, open func(t *testing.T, failPoint func(step string) error
 		{"UpdateKeyChangesLimits", testUpdateLimits},
 		{"LeaseNeverPassesTheLimitUnderConcurrency", testLeaseConcurrent},
 		{"LeaseAndReleaseCounts", testLeaseAndRelease},
+		{"UsedManyReadsWhatUsedReads", testUsedMany},
 		{"CountersPerKeyAndName", testCountersApart},
 		{"ExpiredCounterStartsAgain", testCounterExpiry},
 	}
