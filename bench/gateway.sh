@@ -9,12 +9,20 @@
 #              file store and its own `respond` upstream, so both paths are one process each)
 #   limited  — the same site, a key with a rate limit and a quota far above the offered load
 #              (counted locally, leased from the store in the background)
+#   full     — every per-key feature at once: a route requiring a scope, a key with that scope,
+#              an IP allowlist (127.0.0.0/8), metadata (set as placeholders), a rate limit and
+#              a quota far above the offered load, usage counted
 #   forward  — forward_auth to a minimal auth service (a Caddy `respond 200`) + reverse_proxy
 # All the sites but nousage live in one keygate process on the file store, in front of one
 # upstream (a Caddy `respond`). A non-2xx answer makes the run fail. At the end the usage
 # endpoints of both processes are asked for the key's counts: the first must have counted the
 # nora rounds, the second nothing.
 # Needs wrk (apt-get install -y wrk). Usage: bench/gateway.sh [seconds] [connections] [rounds]
+# With PIN=1 (and taskset, from util-linux) the keygate processes run on CPU 0 with
+# GOMAXPROCS=1 and wrk on CPU 1: on a 2-core machine the two then stop competing for the same
+# core, and the rounds vary far less. Besides the medians of each site, the ratios of each round
+# (a site against the plain round just before it) are printed with their median: drift between
+# rounds (other load, CPU frequency) cancels out of those.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
@@ -41,6 +49,12 @@ http://127.0.0.1:18101 {
 }
 http://127.0.0.1:18102 {
 	nora_auth
+	reverse_proxy 127.0.0.1:18100
+}
+http://127.0.0.1:18106 {
+	nora_auth {
+		require_scope bench:read
+	}
 	reverse_proxy 127.0.0.1:18100
 }
 http://127.0.0.1:18103 {
@@ -84,9 +98,14 @@ http://127.0.0.1:18115 {
 	}
 }
 CADDY
-"$work/keygate" run --config "$work/Caddyfile" > "$work/log" 2>&1 &
+gw=() cl=()
+if [ "${PIN:-0}" = 1 ]; then
+	command -v taskset >/dev/null || { echo "PIN=1 needs taskset (util-linux)" >&2; exit 1; }
+	gw=(env GOMAXPROCS=1 taskset -c 0) cl=(taskset -c 1)
+fi
+"${gw[@]}" "$work/keygate" run --config "$work/Caddyfile" > "$work/log" 2>&1 &
 echo $! > "$work/pid"
-"$work/keygate" run --config "$work/Caddyfile-nousage" > "$work/log2" 2>&1 &
+"${gw[@]}" "$work/keygate" run --config "$work/Caddyfile-nousage" > "$work/log2" 2>&1 &
 echo $! > "$work/pid2"
 for adm in 18105 18115; do
 	for _ in $(seq 100); do curl -s -o /dev/null 127.0.0.1:$adm/healthz && break; sleep 0.1; done
@@ -100,21 +119,23 @@ read -r key keyid <<<"$(create 18105 '{"name":"bench"}')"
 read -r nkey nkeyid <<<"$(create 18115 '{"name":"bench-nousage"}')"
 # 1,000,000 per second and 10^12 in all: far above what wrk offers on any machine.
 read -r lkey _ <<<"$(create 18105 '{"name":"bench-limited","rate_limit":{"limit":1000000,"window_seconds":1},"quota":{"limit":1000000000000,"period":"total"}}')"
-[ -n "$key" ] && [ -n "$lkey" ] && [ -n "$nkey" ] || { echo "could not create the keys"; cat "$work/log" "$work/log2"; exit 1; }
+read -r fkey _ <<<"$(create 18105 '{"name":"bench-full","scopes":["bench:*"],"allowed_ips":["127.0.0.0/8"],"metadata":{"team":"bench"},"rate_limit":{"limit":1000000,"window_seconds":1},"quota":{"limit":1000000000000,"period":"total"}}')"
+[ -n "$key" ] && [ -n "$lkey" ] && [ -n "$nkey" ] && [ -n "$fkey" ] || { echo "could not create the keys"; cat "$work/log" "$work/log2"; exit 1; }
 hdr=$(curl -sf -D - -o /dev/null -H "Authorization: Bearer $lkey" 127.0.0.1:18102/ | tr -d '\r' | grep -i '^ratelimit-limit:' || true)
 [ -n "$hdr" ] || { echo "the limited key's answer carries no RateLimit-Limit"; exit 1; }
+curl -sf -H "Authorization: Bearer $fkey" 127.0.0.1:18106/ > /dev/null || { echo "the every-feature key is refused on its route"; exit 1; }
 curl -sf -H "Authorization: Bearer $key" 127.0.0.1:18102/ > /dev/null # warm the caches
 curl -sf -H "Authorization: Bearer $nkey" 127.0.0.1:18112/ > /dev/null
 
 rps() { # port key → requests per second
-	out=$(wrk -t1 -c"$conns" -d"${secs}s" -H "Authorization: Bearer $2" "http://127.0.0.1:$1/")
+	out=$("${cl[@]}" wrk -t1 -c"$conns" -d"${secs}s" -H "Authorization: Bearer $2" "http://127.0.0.1:$1/")
 	if grep -q 'Non-2xx' <<<"$out"; then echo "non-2xx answers on :$1: $out" >&2; exit 1; fi
 	awk '/Requests\/sec/ {print $2}' <<<"$out"
 }
 echo "keygate gateway throughput, $(date -u +%FT%TZ), $(nproc) CPUs, $rounds rounds of wrk -t1 -c$conns -d${secs}s each, interleaved"
 declare -A all last
 for r in $(seq "$rounds"); do
-	for site in plain:18101:$key nora:18102:$key nousage:18112:$nkey limited:18102:$lkey forward:18103:$key; do
+	for site in plain:18101:$key nora:18102:$key nousage:18112:$nkey limited:18102:$lkey full:18106:$fkey forward:18103:$key; do
 		IFS=: read -r n port k <<<"$site"
 		v=$(rps "$port" "$k")
 		echo "round $r  $n  $v req/s"
@@ -123,15 +144,19 @@ for r in $(seq "$rounds"); do
 	done
 	# Usage on vs off measured back to back in the same round: less exposed to other load.
 	paired="${paired:-} $(awk -v a="${last[nora]}" -v b="${last[nousage]}" 'BEGIN {printf "%.4f", a/b}')"
+	pnora="${pnora:-} $(awk -v a="${last[nora]}" -v b="${last[plain]}" 'BEGIN {printf "%.4f", a/b}')"
+	pfull="${pfull:-} $(awk -v a="${last[full]}" -v b="${last[plain]}" 'BEGIN {printf "%.4f", a/b}')"
 done
 median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-p=$(median "${all[plain]}"); n=$(median "${all[nora]}"); u=$(median "${all[nousage]}"); l=$(median "${all[limited]}"); f=$(median "${all[forward]}")
-awk -v p="$p" -v n="$n" -v u="$u" -v l="$l" -v f="$f" 'BEGIN {
-	printf "median  plain %.0f  nora_auth %.0f  nora_auth(usage off) %.0f  nora_auth+limits %.0f  forward_auth %.0f req/s\n", p, n, u, l, f
-	printf "ratios  nora_auth/plain %.3f (target >= 0.97)   limited/plain %.3f (target >= 0.95)   nora_auth/forward_auth %.2f (for scale)\n", n/p, l/p, n/f
+p=$(median "${all[plain]}"); n=$(median "${all[nora]}"); u=$(median "${all[nousage]}"); l=$(median "${all[limited]}"); a=$(median "${all[full]}"); f=$(median "${all[forward]}")
+awk -v p="$p" -v n="$n" -v u="$u" -v l="$l" -v a="$a" -v f="$f" 'BEGIN {
+	printf "median  plain %.0f  nora_auth %.0f  nora_auth(usage off) %.0f  nora_auth+limits %.0f  nora_auth+every feature %.0f  forward_auth %.0f req/s\n", p, n, u, l, a, f
+	printf "ratios  nora_auth/plain %.3f (target >= 0.97)   every-feature/plain %.3f (target >= 0.95)   limited/plain %.3f   nora_auth/forward_auth %.2f (for scale)\n", n/p, a/p, l/p, n/f
 	printf "usage   nora_auth usage on/off %.3f   usage-off/plain %.3f\n", n/u, u/p
 }'
 echo "usage   nora_auth usage on/off per round:$paired   median $(median "$paired")"
+echo "rounds  nora_auth/plain per round:$pnora   median $(median "$pnora") (target >= 0.97)"
+echo "rounds  every-feature/plain per round:$pfull   median $(median "$pfull") (target >= 0.95)"
 # What each process counted for its key over the last hour (the flush interval is 5 s).
 sleep 6
 okcount() { # admin port, key id → the usage total's ok
