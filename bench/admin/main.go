@@ -41,7 +41,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -192,7 +191,7 @@ func run(r *harness.Run, c config) error {
 	fmt.Fprintf(&b, "keygate admin API under load (targets: >= 1,000 creates/s on Redis; a page of 100 from an instance of %d keys in <= 20 ms)\n\n", c.keys)
 	fmt.Fprintf(&b, "date:     %s\n", time.Now().UTC().Format(time.RFC3339))
 	fmt.Fprintf(&b, "machine:  %d CPUs (nproc), %s, %s/%s, %s, redis-server %s; load average at start %s\n",
-		harness.NProc(), harness.CPUModel(), runtime.GOOS, runtime.GOARCH, runtime.Version(), rd.Version, loadAvg())
+		harness.NProc(), harness.CPUModel(), runtime.GOOS, runtime.GOARCH, runtime.Version(), rd.Version, harness.LoadAvg())
 	fmt.Fprintf(&b, "command:  %s\n", harness.CommandLine("./bench/admin"))
 	fmt.Fprintf(&b, "setup:    1 redis-server (loopback, no persistence), 1 keygate gateway process (nora_admin site),\n")
 	fmt.Fprintf(&b, "          this client process: all on the same CPUs\n\n")
@@ -677,34 +676,9 @@ func profileWhile(addr string, d time.Duration, file string, load func(stop <-ch
 func cpuTimes(pids []int) []float64 {
 	out := make([]float64, 0, len(pids)+1)
 	for _, p := range append(append([]int(nil), pids...), os.Getpid()) {
-		out = append(out, procCPU(p))
+		out = append(out, harness.ProcCPU(p))
 	}
 	return out
-}
-
-// procCPU reads utime + stime of /proc/pid/stat, in seconds (clock ticks of 1/100 s).
-func procCPU(pid int) float64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	// The fields after the command name, which is in parentheses and may hold spaces.
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	if len(f) < 13 {
-		return 0
-	}
-	u, _ := strconv.ParseFloat(f[11], 64)
-	k, _ := strconv.ParseFloat(f[12], 64)
-	return (u + k) / 100
-}
-
-func loadAvg() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "?"
-	}
-	return strings.Join(strings.Fields(string(b))[:3], " ")
 }
 
 func infoField(info, name string) string {

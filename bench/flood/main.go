@@ -659,7 +659,7 @@ func format(o options, results []*result) string {
 	fmt.Fprintf(&b, "-> at most the limit of lookups per window; valid keys' p99 <= 2 x its value without the flood)\n\n")
 	fmt.Fprintf(&b, "date:     %s\n", time.Now().UTC().Format(time.RFC3339))
 	fmt.Fprintf(&b, "machine:  %d CPUs (nproc), %s, %s/%s, %s, redis-server %s; load average at the end %s\n", harness.NProc(), harness.CPUModel(),
-		runtime.GOOS, runtime.GOARCH, runtime.Version(), redisVersion, loadAvg())
+		runtime.GOOS, runtime.GOARCH, runtime.Version(), redisVersion, harness.LoadAvg())
 	fmt.Fprintf(&b, "command:  %s\n", harness.CommandLine("./bench/flood"))
 	fmt.Fprintf(&b, "setup:    per scenario one keygate gateway process and its own fresh redis-server (loopback, no\n")
 	fmt.Fprintf(&b, "          persistence), trusting X-Forwarded-For from loopback. Valid keys: %d distinct, warm, %d req/s\n", o.validKeys, o.validRate)
@@ -713,16 +713,4 @@ func format(o options, results []*result) string {
 	}
 	fmt.Fprintf(&b, "\nall targets: %s\n", metOrNot(allMet))
 	return b.String()
-}
-
-func loadAvg() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "?"
-	}
-	f := strings.Fields(string(b))
-	if len(f) < 3 {
-		return "?"
-	}
-	return strings.Join(f[:3], " ")
 }

@@ -145,7 +145,7 @@ func run(r *harness.Run, root, bin, rev, redisBin string, nkeys int, fracs []flo
 	fmt.Fprintf(&b, "keygate memory: N keys cached in one gateway process (target: 1,000,000 cached keys in <= 200 MiB of heap and <= 450 MiB of RSS)\n\n")
 	fmt.Fprintf(&b, "date:     %s\n", time.Now().UTC().Format(time.RFC3339))
 	fmt.Fprintf(&b, "machine:  %d CPUs (nproc), %s, %s/%s; load average at start %s\n",
-		harness.NProc(), harness.CPUModel(), runtime.GOOS, runtime.GOARCH, loadAvg())
+		harness.NProc(), harness.CPUModel(), runtime.GOOS, runtime.GOARCH, harness.LoadAvg())
 	fmt.Fprintf(&b, "command:  %s\n", harness.CommandLine("./bench/memory"))
 	fmt.Fprintf(&b, "gateway:  %s, built with %s; %s, %s\n", built, goVersion, env("GOGC"), env("GOMEMLIMIT"))
 	fmt.Fprintf(&b, "setup:    1 redis-server (loopback, no persistence), 1 keygate gateway (cache { size N ttl 1h },\n")
@@ -761,12 +761,4 @@ func clip(s string, n int) string {
 		return string(r[:n]) + "…"
 	}
 	return s
-}
-
-func loadAvg() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "?"
-	}
-	return strings.Join(strings.Fields(string(b))[:3], " ")
 }

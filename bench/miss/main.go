@@ -139,7 +139,7 @@ func run(r *harness.Run, root, bin, redisBin string, nkeys int, conc []int, pace
 	fmt.Fprintf(&b, "keygate cache miss: a valid key in no cache, one store round trip (target: p99 <= 2 ms on loopback Redis)\n\n")
 	fmt.Fprintf(&b, "date:     %s\n", time.Now().UTC().Format(time.RFC3339))
 	fmt.Fprintf(&b, "machine:  %d CPUs (nproc), %s, %s/%s, %s, redis-server %s; load average at start %s\n",
-		harness.NProc(), harness.CPUModel(), runtime.GOOS, runtime.GOARCH, runtime.Version(), rd.Version, loadAvg())
+		harness.NProc(), harness.CPUModel(), runtime.GOOS, runtime.GOARCH, runtime.Version(), rd.Version, harness.LoadAvg())
 	fmt.Fprintf(&b, "command:  %s\n", harness.CommandLine("./bench/miss"))
 	fmt.Fprintf(&b, "setup:    1 redis-server (loopback, no persistence), 1 keygate gateway process at a time (nora_auth, respond:\n")
 	fmt.Fprintf(&b, "          no upstream; default cache and failed-attempt limit), this client process: all on the same CPUs;\n")
@@ -233,10 +233,10 @@ http://127.0.0.1:%d {
 				}
 				wait = fetchProfile(fmt.Sprintf("127.0.0.1:%d", cport), d, pfile)
 			}
-			cpu0 := []float64{procCPU(gw.Cmd.Process.Pid), procCPU(rd.Proc.Cmd.Process.Pid), procCPU(os.Getpid())}
+			cpu0 := []float64{harness.ProcCPU(gw.Cmd.Process.Pid), harness.ProcCPU(rd.Proc.Cmd.Process.Pid), harness.ProcCPU(os.Getpid())}
 			res := present(clients[:c], url, fresh, lv.rate)
 			lat, failed, elapsed := res.lat, res.failed, res.elapsed
-			cpu1 := []float64{procCPU(gw.Cmd.Process.Pid), procCPU(rd.Proc.Cmd.Process.Pid), procCPU(os.Getpid())}
+			cpu1 := []float64{harness.ProcCPU(gw.Cmd.Process.Pid), harness.ProcCPU(rd.Proc.Cmd.Process.Pid), harness.ProcCPU(os.Getpid())}
 			cmd1, err := harness.CommandCalls(ctx, rd.Client)
 			if err != nil {
 				return err
@@ -614,28 +614,4 @@ func fetchProfile(addr string, d time.Duration, file string) func() error {
 		done <- err
 	}()
 	return func() error { return <-done }
-}
-
-// procCPU reads utime + stime of /proc/pid/stat, in seconds (clock ticks of 1/100 s).
-func procCPU(pid int) float64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	if len(f) < 13 {
-		return 0
-	}
-	u, _ := strconv.ParseFloat(f[11], 64)
-	k, _ := strconv.ParseFloat(f[12], 64)
-	return (u + k) / 100
-}
-
-func loadAvg() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "?"
-	}
-	return strings.Join(strings.Fields(string(b))[:3], " ")
 }

@@ -374,3 +374,30 @@ func Percentile(d []time.Duration, p float64) time.Duration {
 	i := int(math.Ceil(float64(len(s))*p)) - 1
 	return s[max(0, min(i, len(s)-1))]
 }
+
+// ProcCPU reads the CPU time (user + system) a process has used, in seconds, from
+// /proc/<pid>/stat (0 when it cannot).
+func ProcCPU(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The fields after the command name, which is in parentheses and may hold spaces.
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) < 13 {
+		return 0
+	}
+	u, _ := strconv.ParseFloat(f[11], 64)
+	k, _ := strconv.ParseFloat(f[12], 64)
+	return (u + k) / 100 // clock ticks of 1/100 s
+}
+
+// LoadAvg is the machine's load average over 1, 5 and 15 minutes ("?" when unknown).
+func LoadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	return strings.Join(strings.Fields(string(b))[:3], " ")
+}
