@@ -1,6 +1,6 @@
 package e2e
 
-// Browser tests of the usage charts (SPEC §15): a real keygate on a real redis-server, usage
+// Browser tests of the usage charts (docs/usage.md): a real keygate on a real redis-server, usage
 // seeded into the same Redis through the store package, and Debian's Chromium reading the
 // charts' accessible names and totals the way a person (or a screen reader) does.
 
