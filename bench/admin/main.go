@@ -374,7 +374,7 @@ func creates(c config, gw *gateway, name string, pids []int) (createResult, erro
 	var wait func() error
 	if c.profile != "" {
 		cr.profile = filepath.Join(c.profile, "create-"+name+".pprof")
-		wait = fetchProfile(gw.caddy, c.seconds, cr.profile)
+		wait = harness.FetchProfile(gw.caddy, c.seconds, cr.profile)
 	}
 	cpu0 := cpuTimes(pids)
 	var (
@@ -633,33 +633,9 @@ func listLoop(gw *gateway, ids []string, stop <-chan struct{}) error {
 	}
 }
 
-// fetchProfile starts fetching a CPU profile of d from Caddy's admin endpoint at addr into
-// file; the function returned waits for it.
-func fetchProfile(addr string, d time.Duration, file string) func() error {
-	done := make(chan error, 1)
-	go func() {
-		hc := &http.Client{Timeout: d + 30*time.Second}
-		resp, err := hc.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, max(1, int(d.Seconds()))))
-		if err != nil {
-			done <- fmt.Errorf("fetching the CPU profile: %v", err)
-			return
-		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		if err == nil && resp.StatusCode != 200 {
-			err = fmt.Errorf("answer %d: %s", resp.StatusCode, b)
-		}
-		if err == nil {
-			err = os.WriteFile(file, b, 0o644)
-		}
-		done <- err
-	}()
-	return func() error { return <-done }
-}
-
 // profileWhile runs load until a CPU profile of d from addr has been written to file.
 func profileWhile(addr string, d time.Duration, file string, load func(stop <-chan struct{}) error) error {
-	wait := fetchProfile(addr, d, file)
+	wait := harness.FetchProfile(addr, d, file)
 	stop := make(chan struct{})
 	loadErr := make(chan error, 1)
 	go func() { loadErr <- load(stop) }()

@@ -231,7 +231,7 @@ http://127.0.0.1:%d {
 					d = time.Duration(nkeys) * time.Second / time.Duration(lv.rate)
 					pfile = filepath.Join(profile, fmt.Sprintf("miss-gw%d-c%d-paced.pprof", gi, c))
 				}
-				wait = fetchProfile(fmt.Sprintf("127.0.0.1:%d", cport), d, pfile)
+				wait = harness.FetchProfile(fmt.Sprintf("127.0.0.1:%d", cport), d, pfile)
 			}
 			cpu0 := []float64{harness.ProcCPU(gw.Cmd.Process.Pid), harness.ProcCPU(rd.Proc.Cmd.Process.Pid), harness.ProcCPU(os.Getpid())}
 			res := present(clients[:c], url, fresh, lv.rate)
@@ -590,28 +590,4 @@ func others(before, after map[string]int64) string {
 		return "none"
 	}
 	return strings.Join(out, ", ")
-}
-
-// fetchProfile starts fetching a CPU profile of d from Caddy's admin endpoint at addr into
-// file; the function returned waits for it.
-func fetchProfile(addr string, d time.Duration, file string) func() error {
-	done := make(chan error, 1)
-	go func() {
-		hc := &http.Client{Timeout: d + 30*time.Second}
-		resp, err := hc.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, max(1, int(d.Seconds()))))
-		if err != nil {
-			done <- fmt.Errorf("fetching the CPU profile: %v", err)
-			return
-		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		if err == nil && resp.StatusCode != 200 {
-			err = fmt.Errorf("answer %d: %s", resp.StatusCode, b)
-		}
-		if err == nil {
-			err = os.WriteFile(file, b, 0o644)
-		}
-		done <- err
-	}()
-	return func() error { return <-done }
 }

@@ -9,8 +9,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -400,4 +402,28 @@ func LoadAvg() string {
 		return "?"
 	}
 	return strings.Join(strings.Fields(string(b))[:3], " ")
+}
+
+// FetchProfile starts fetching a CPU profile of d from Caddy's admin endpoint at addr into
+// file; the function returned waits for it.
+func FetchProfile(addr string, d time.Duration, file string) func() error {
+	done := make(chan error, 1)
+	go func() {
+		hc := &http.Client{Timeout: d + 30*time.Second}
+		resp, err := hc.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, max(1, int(d.Seconds()))))
+		if err != nil {
+			done <- fmt.Errorf("fetching the CPU profile: %v", err)
+			return
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err == nil && resp.StatusCode != 200 {
+			err = fmt.Errorf("answer %d: %s", resp.StatusCode, b)
+		}
+		if err == nil {
+			err = os.WriteFile(file, b, 0o644)
+		}
+		done <- err
+	}()
+	return func() error { return <-done }
 }
