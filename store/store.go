@@ -148,6 +148,12 @@ type Event struct {
 	CreatedAt time.Time `json:"created_at"`
 }
 
+// Touch is one use of a key, for Store.TouchKeys: the key (its instance and id) was used at At.
+type Touch struct {
+	Instance, ID string
+	At           time.Time
+}
+
 // ListOptions select a page of an instance's keys, newest (last created) first.
 type ListOptions struct {
 	// Limit is the page size; it must be at least 1.
@@ -208,8 +214,17 @@ type Store interface {
 	UpdateKey(ctx context.Context, instance, id string, u KeyUpdate, ev *Event) (Key, error)
 	// ExpireKey moves a key's expiry earlier to `at` (never later) and returns it.
 	ExpireKey(ctx context.Context, instance, id string, at time.Time) (Key, error)
-	// TouchKey records a use of the key at `at` (last_used_at), never moving it back.
+	// TouchKey records a use of the key at `at` (last_used_at), never moving it back. A key
+	// that does not exist (an unknown id, or an instance that does not exist) is ignored.
 	TouchKey(ctx context.Context, instance, id string, at time.Time) error
+	// TouchKeys records many uses at once, each exactly as TouchKey would: a key's
+	// last_used_at never moves back (of several uses of one key, the latest counts) and keys
+	// that do not exist are ignored. However many uses it records, it is one pipeline on
+	// Redis (on Cluster, one per master that holds some of the keys) and one transaction of
+	// the file store. When some uses fail, the others may still have been recorded; the
+	// first error is returned. ts is not kept after the call returns; an empty ts does
+	// nothing.
+	TouchKeys(ctx context.Context, ts []Touch) error
 
 	// AddEvent appends an audit event (its ID, Type, KeyID, Actor and CreatedAt set by the
 	// caller) to its instance's trail, which keeps the newest MaxEvents (by default).

@@ -28,7 +28,7 @@ import (
 
 var errUnreachable = errors.New("test: store unreachable")
 
-// gate holds one LookupHash (or TouchKey) call: reached is closed when the call arrives at
+// gate holds one LookupHash (or TouchKeys) call: reached is closed when the call arrives at
 // the gate, and the call goes on when release is closed.
 type gate struct {
 	reached chan struct{}
@@ -48,17 +48,21 @@ func (g *gate) wait(t testing.TB) {
 }
 
 // testStore is a real store.Store with counters and fault injection around LookupHash and
-// TouchKey. All other methods (Subscribe included) are the real store's.
+// TouchKeys. All other methods (Subscribe included) are the real store's.
 type testStore struct {
 	store.Store
 
 	lookups atomic.Int64
-	touches atomic.Int64
+	// touches counts the keys' uses passed to TouchKeys (the last_used_at writes),
+	// touchCalls the calls, and maxBatch is the most uses one call carried.
+	touches    atomic.Int64
+	touchCalls atomic.Int64
+	maxBatch   atomic.Int64
 
 	fail      atomic.Bool          // LookupHash fails without asking the store
 	holdNext  atomic.Pointer[gate] // the next LookupHash reads the store, then waits at the gate
 	maxDelay  atomic.Int64         // LookupHash sleeps up to this long after reading the store
-	touchGate atomic.Pointer[gate] // every TouchKey waits at this gate
+	touchGate atomic.Pointer[gate] // every TouchKeys waits at this gate
 }
 
 func (s *testStore) LookupHash(ctx context.Context, h apikey.Hash) (store.Lookup, error) {
@@ -83,8 +87,15 @@ func (s *testStore) LookupHash(ctx context.Context, h apikey.Hash) (store.Lookup
 	return l, err
 }
 
-func (s *testStore) TouchKey(ctx context.Context, instance, id string, at time.Time) error {
-	s.touches.Add(1)
+func (s *testStore) TouchKeys(ctx context.Context, ts []store.Touch) error {
+	s.touchCalls.Add(1)
+	s.touches.Add(int64(len(ts)))
+	for n := int64(len(ts)); ; {
+		m := s.maxBatch.Load()
+		if n <= m || s.maxBatch.CompareAndSwap(m, n) {
+			break
+		}
+	}
 	if g := s.touchGate.Load(); g != nil {
 		select {
 		case <-g.reached:
@@ -93,7 +104,7 @@ func (s *testStore) TouchKey(ctx context.Context, instance, id string, at time.T
 		}
 		<-g.release
 	}
-	return s.Store.TouchKey(ctx, instance, id, at)
+	return s.Store.TouchKeys(ctx, ts)
 }
 
 // clock is a controllable Config.Now.

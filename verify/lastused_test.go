@@ -6,7 +6,9 @@ import (
 	"time"
 
 	"github.com/keygate/keygate/apikey"
+	"github.com/keygate/keygate/internal/redistest"
 	"github.com/keygate/keygate/internal/testutil"
+	"github.com/keygate/keygate/store"
 )
 
 // last_used_at: throttled writes that never hold up a request.
@@ -26,7 +28,7 @@ func TestLastUsedAt(t *testing.T) {
 		t.Fatal("new key has a last_used_at")
 	}
 
-	// The write is off the request path: Verify answers while TouchKey is held.
+	// The write is off the request path: Verify answers while TouchKeys is held.
 	g := newGate()
 	f.st.touchGate.Store(g)
 	done := make(chan Result, 1)
@@ -44,7 +46,7 @@ func TestLastUsedAt(t *testing.T) {
 	close(g.release)
 	testutil.WaitFor(t, 2*time.Second, "last_used_at to be recorded", func() bool { return lastUsed().Equal(base) })
 	if n := f.st.touches.Load(); n != 1 {
-		t.Fatalf("TouchKey calls = %d, want 1", n)
+		t.Fatalf("last_used_at writes = %d, want 1", n)
 	}
 	f.waitCache()
 
@@ -59,7 +61,7 @@ func TestLastUsedAt(t *testing.T) {
 	f.expect(secret, apikey.EnvUnknown, OK)
 	testutil.WaitFor(t, 2*time.Second, "the second last_used_at write", func() bool { return lastUsed().Equal(base.Add(interval)) })
 	if n := f.st.touches.Load(); n != 2 {
-		t.Fatalf("TouchKey calls = %d, want 2 (one per TouchInterval)", n)
+		t.Fatalf("last_used_at writes = %d, want 2 (one per TouchInterval)", n)
 	}
 	// Refused keys are not touched.
 	f.revoke(k)
@@ -67,6 +69,67 @@ func TestLastUsedAt(t *testing.T) {
 	f.expect(secret, apikey.EnvUnknown, Revoked)
 	time.Sleep(20 * time.Millisecond)
 	if n := f.st.touches.Load(); n != 2 {
-		t.Fatalf("TouchKey calls = %d after a refusal, want 2", n)
+		t.Fatalf("last_used_at writes = %d after a refusal, want 2", n)
 	}
+}
+
+// Many keys used at once are recorded in batches: the uses queued while a write is under way
+// go to the store together, in calls of at most maxTouchBatch keys, and every key's last use
+// lands.
+func TestLastUsedAtBatched(t *testing.T) {
+	run := func(t *testing.T, s store.Store) {
+		f := newFixture(t, s, Config{})
+		const n = maxTouchBatch + 44 // queued behind the held write: two batches, one full
+		first, k0 := f.createKey(apikey.Sandbox, time.Time{})
+		secrets := make([]string, n)
+		keys := make([]store.Key, n)
+		for i := range n {
+			env := apikey.Sandbox
+			if i%2 == 1 {
+				env = apikey.Production // keys of two instances in one batch
+			}
+			secrets[i], keys[i] = f.createKey(env, time.Time{})
+		}
+
+		// The first use's write is held; meanwhile the others are used, each at a time of its
+		// own, and queue up.
+		g := newGate()
+		f.st.touchGate.Store(g)
+		f.expect(first, apikey.EnvUnknown, OK)
+		g.wait(t)
+		used := make([]time.Time, n)
+		for i, secret := range secrets {
+			f.clk.Advance(time.Millisecond)
+			used[i] = f.clk.Now()
+			f.expect(secret, apikey.EnvUnknown, OK)
+		}
+		f.st.touchGate.Store(nil)
+		close(g.release)
+
+		testutil.WaitFor(t, 5*time.Second, "every use to be written", func() bool { return f.st.touches.Load() == n+1 })
+		// One call for the held use, then the queued ones in full batches and a last, partial one.
+		if calls, want := f.st.touchCalls.Load(), int64(1+(n+maxTouchBatch-1)/maxTouchBatch); calls != want {
+			t.Errorf("TouchKeys calls = %d for %d keys, want %d", calls, n+1, want)
+		}
+		if m := f.st.maxBatch.Load(); m != maxTouchBatch {
+			t.Errorf("largest batch = %d keys, want %d", m, maxTouchBatch)
+		}
+		ctx := context.Background()
+		check := func(k store.Key, want time.Time) {
+			t.Helper()
+			got, err := f.real.Key(ctx, k.Instance, k.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !got.LastUsedAt.Equal(want) {
+				t.Errorf("key %s: last_used_at = %v, want %v", k.ID, got.LastUsedAt, want)
+			}
+		}
+		check(k0, base)
+		for i, k := range keys {
+			check(k, used[i])
+		}
+	}
+	t.Run("file", func(t *testing.T) { run(t, nil) })
+	t.Run("redis", func(t *testing.T) { run(t, openRedisStore(t, redistest.Start(t))) })
 }

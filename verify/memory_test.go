@@ -25,7 +25,7 @@ func (s *synthStore) LookupHash(_ context.Context, h apikey.Hash) (store.Lookup,
 	id := "key_" + strings.Repeat("x", 20) + string(rune('a'+s.n%26)) + "abc" // key_ and 24 characters
 	return store.Lookup{ID: strings.Clone(id), Instance: strings.Clone("acme-production"), Environment: apikey.Production}, nil
 }
-func (s *synthStore) TouchKey(context.Context, string, string, time.Time) error { return nil }
+func (s *synthStore) TouchKeys(context.Context, []store.Touch) error { return nil }
 func (s *synthStore) Subscribe(w store.Watcher) func() {
 	w.SetHealthy(true) // a store with no invalidations to miss
 	return func() {}

@@ -40,7 +40,7 @@ import (
 // the invalidations. store.Store has these methods.
 type Store interface {
 	LookupHash(ctx context.Context, h apikey.Hash) (store.Lookup, error)
-	TouchKey(ctx context.Context, instance, id string, at time.Time) error
+	TouchKeys(ctx context.Context, ts []store.Touch) error
 	Subscribe(w store.Watcher) (unsubscribe func())
 }
 
@@ -200,11 +200,6 @@ func (e *entry) pol() *policy {
 	return &openPolicy
 }
 
-type touch struct {
-	instance, id string
-	at           time.Time
-}
-
 // Stats counts what a Verifier did; all fields only grow.
 type Stats struct {
 	Results      [NumCodes]atomic.Uint64
@@ -236,7 +231,7 @@ type Verifier struct {
 	healthy   atomic.Bool
 	downSince atomic.Int64 // unix nanoseconds when the channel dropped
 
-	touches     chan touch
+	touches     chan store.Touch
 	closeOnce   sync.Once
 	unsubscribe func()
 	stop        chan struct{}
@@ -260,7 +255,7 @@ func New(s Store, cfg Config) (*Verifier, error) {
 		return nil, err
 	}
 	v := &Verifier{cfg: cfg, store: s, cache: cache, neg: neg,
-		touches: make(chan touch, 1024), stop: make(chan struct{}), done: make(chan struct{})}
+		touches: make(chan store.Touch, touchQueue), stop: make(chan struct{}), done: make(chan struct{})}
 	v.downSince.Store(cfg.Now().UnixNano())
 	v.unsubscribe = s.Subscribe(v)
 	go v.writeTouches()
@@ -477,21 +472,44 @@ func (v *Verifier) touch(e *entry, id, instance string, now time.Time) {
 		return
 	}
 	select {
-	case v.touches <- touch{instance: instance, id: id, at: now}:
+	case v.touches <- store.Touch{Instance: instance, ID: id, At: now}:
 	default:
 	}
 }
 
+// touchQueue is how many last_used_at writes wait at most (more are dropped), and
+// maxTouchBatch how many of them one store call records.
+const (
+	touchQueue    = 1024
+	maxTouchBatch = 256
+)
+
+// writeTouches records the queued last uses until Close. It waits for one, then takes
+// whatever else is already queued (up to maxTouchBatch) without waiting for more, and
+// records them all in one store call: under load the writes come in batches, and a lone
+// use is written at once.
 func (v *Verifier) writeTouches() {
 	defer close(v.done)
+	batch := make([]store.Touch, 0, maxTouchBatch)
 	for {
 		select {
 		case <-v.stop:
 			return
 		case t := <-v.touches:
+			batch = append(batch[:0], t)
+		drain:
+			for len(batch) < maxTouchBatch {
+				select {
+				case t := <-v.touches:
+					batch = append(batch, t)
+				default:
+					break drain
+				}
+			}
 			ctx, cancel := context.WithTimeout(context.Background(), v.cfg.LookupTimeout)
-			if err := v.store.TouchKey(ctx, t.instance, t.id, t.at); err != nil {
-				v.cfg.Logger.Debug("recording last use", zap.String("key_id", t.id), zap.Error(err))
+			if err := v.store.TouchKeys(ctx, batch); err != nil {
+				v.cfg.Logger.Debug("recording last use", zap.Int("keys", len(batch)),
+					zap.String("first_key_id", batch[0].ID), zap.Error(err))
 			}
 			cancel()
 		}

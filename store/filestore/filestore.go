@@ -445,27 +445,39 @@ func (s *Store) ListKeys(_ context.Context, instance string, opt store.ListOptio
 // write more in the same transaction (an audit event, a replacement key).
 func (s *Store) update(instance, id string, f func(tx *bolt.Tx, r *keyRecord) (changed bool, err error)) (k store.Key, changed bool, err error) {
 	err = s.db.Update(func(tx *bolt.Tx) error {
-		keys, _, err := instanceBuckets(tx, instance)
+		rec, c, err := updateIn(tx, instance, id, f)
+		changed = c
+		if rec == nil {
+			return err
+		}
+		var kerr error
+		k, kerr = rec.key(instance)
 		if err != nil {
+			// f refused (or the write failed): the key as it is, for the caller's error.
 			return err
 		}
-		rec, err := getKey(keys, id)
-		if err != nil {
-			return err
-		}
-		if changed, err = f(tx, &rec); err != nil {
-			k, _ = rec.key(instance)
-			return err
-		}
-		if changed {
-			if err := putKey(keys, rec); err != nil {
-				return err
-			}
-		}
-		k, err = rec.key(instance)
-		return err
+		return kerr
 	})
 	return k, changed, err
+}
+
+// updateIn applies f to a key record within tx and writes the record back when f changed
+// it. It returns the record as f left it, or nil when there is none (the instance's or the
+// key's not-found error).
+func updateIn(tx *bolt.Tx, instance, id string, f func(tx *bolt.Tx, r *keyRecord) (changed bool, err error)) (*keyRecord, bool, error) {
+	keys, _, err := instanceBuckets(tx, instance)
+	if err != nil {
+		return nil, false, err
+	}
+	rec, err := getKey(keys, id)
+	if err != nil {
+		return nil, false, err
+	}
+	changed, err := f(tx, &rec)
+	if err == nil && changed {
+		err = putKey(keys, rec)
+	}
+	return &rec, changed, err
 }
 
 // RevokeKey implements store.Store: the revocation and its event are one transaction.
@@ -569,15 +581,37 @@ func (s *Store) ExpireKey(_ context.Context, instance, id string, at time.Time) 
 }
 
 // TouchKey implements store.Store.
-func (s *Store) TouchKey(_ context.Context, instance, id string, at time.Time) error {
-	_, _, err := s.update(instance, id, func(_ *bolt.Tx, r *keyRecord) (bool, error) {
-		if r.LastUsedAt >= unixMilli(at) {
-			return false, nil
+func (s *Store) TouchKey(ctx context.Context, instance, id string, at time.Time) error {
+	return s.TouchKeys(ctx, []store.Touch{{Instance: instance, ID: id, At: at}})
+}
+
+// TouchKeys implements store.Store: every use of the batch in one transaction (one write of
+// the file). A record that cannot be updated does not keep the others from being written.
+func (s *Store) TouchKeys(_ context.Context, ts []store.Touch) error {
+	if len(ts) == 0 {
+		return nil
+	}
+	var first error
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		for _, t := range ts {
+			at := unixMilli(t.At)
+			_, _, err := updateIn(tx, t.Instance, t.ID, func(_ *bolt.Tx, r *keyRecord) (bool, error) {
+				if r.LastUsedAt >= at {
+					return false, nil
+				}
+				r.LastUsedAt = at
+				return true, nil
+			})
+			if err != nil && first == nil && !errors.Is(err, store.ErrKeyNotFound) && !errors.Is(err, store.ErrInstanceNotFound) {
+				first = fmt.Errorf("recording the last use of key %s: %w", t.ID, err)
+			}
 		}
-		r.LastUsedAt = unixMilli(at)
-		return true, nil
+		return nil
 	})
-	return err
+	if err != nil {
+		return err
+	}
+	return first
 }
 
 // Subscribe implements store.Store. The file store has one process, so its invalidation

@@ -58,7 +58,7 @@ type Options struct {
 	// shard's replicas). If fewer acknowledge within WaitTimeout the call fails with
 	// ErrNotReplicated: a create is undone, a revoke, expiry or update is completed (it is in force on
 	// the master) but reported, and a roll's replacement is undone while the old key's new
-	// expiry stays. TouchKey, AddEvent and the limit counters (Lease, Release) do not wait.
+	// expiry stays. TouchKey, TouchKeys, AddEvent and the limit counters (Lease, Release) do not wait.
 	WaitReplicas int
 	// WaitTimeout bounds each WAIT (default 5 s).
 	WaitTimeout time.Duration
@@ -692,7 +692,54 @@ func (s *Store) publish(ctx context.Context, c redis.Cmdable, h apikey.Hash) err
 
 // TouchKey implements store.Store.
 func (s *Store) TouchKey(ctx context.Context, instance, id string, at time.Time) error {
-	return setLatestScript.Run(ctx, s.rdb, []string{s.kKey(instance, id)}, "last", store.Millis(at)).Err()
+	return s.TouchKeys(ctx, []store.Touch{{Instance: instance, ID: id, At: at}})
+}
+
+// TouchKeys implements store.Store: one pipeline of setLatestScript calls, each on its key's
+// record (go-redis splits the pipeline among a Cluster's masters by slot). The script is run
+// by its digest (EVALSHA); the uses that a Redis without it in its script cache refused (a
+// fresh server, a failover, SCRIPT FLUSH) are sent again with the script itself (EVAL), in
+// a second pipeline, which also puts it back in the cache.
+func (s *Store) TouchKeys(ctx context.Context, ts []store.Touch) error {
+	if len(ts) == 0 {
+		return nil
+	}
+	keys := make([][]string, len(ts))
+	args := make([][]any, len(ts))
+	for i, t := range ts {
+		keys[i] = []string{s.kKey(t.Instance, t.ID)}
+		args[i] = []any{"last", store.Millis(t.At)}
+	}
+	cmds := make([]*redis.Cmd, len(ts))
+	_, perr := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i := range ts {
+			cmds[i] = setLatestScript.EvalSha(ctx, p, keys[i], args[i]...)
+		}
+		return nil
+	})
+	var again []int
+	for i, c := range cmds {
+		if redis.HasErrorPrefix(c.Err(), "NOSCRIPT") {
+			again = append(again, i)
+		}
+	}
+	if len(again) > 0 {
+		_, perr = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for _, i := range again {
+				cmds[i] = setLatestScript.Eval(ctx, p, keys[i], args[i]...)
+			}
+			return nil
+		})
+	}
+	for _, c := range cmds {
+		if err := c.Err(); err != nil {
+			return err
+		}
+	}
+	if perr != nil && !redis.HasErrorPrefix(perr, "NOSCRIPT") {
+		return perr // a failure of the pipeline that no command carries
+	}
+	return nil
 }
 
 // Subscribe implements store.Store.

@@ -137,3 +137,69 @@ func testTouch(x *suite) {
 	}
 	sameTime(t, "listed LastUsedAt", keys[0].LastUsedAt, t2.Add(time.Hour))
 }
+
+func testTouchKeys(x *suite) {
+	t := x.t
+	a := x.instance("acme", apikey.Sandbox)
+	b := x.instance("other", apikey.Production)
+	a1, a2, a3 := x.key(a, "a1", x.now), x.key(a, "a2", x.now), x.key(a, "untouched", x.now)
+	b1 := x.key(b, "b1", x.now)
+	t1 := x.now.Add(time.Minute + 111111)
+	t2 := x.now.Add(2*time.Minute + 222222)
+	if err := x.s.TouchKey(x.ctx, a.ID, a2.ID, t2); err != nil {
+		t.Fatalf("TouchKey: %v", err)
+	}
+
+	// Empty batches do nothing and are no error.
+	if err := x.s.TouchKeys(x.ctx, nil); err != nil {
+		t.Errorf("TouchKeys(nil): %v", err)
+	}
+	if err := x.s.TouchKeys(x.ctx, []store.Touch{}); err != nil {
+		t.Errorf("TouchKeys(empty): %v", err)
+	}
+
+	// One batch: keys of two instances, an unknown key and a key of a missing instance
+	// (ignored), a use earlier than the one recorded (a2: kept at t2), and two uses of one key
+	// with the later first (a1: t1 stays).
+	err := x.s.TouchKeys(x.ctx, []store.Touch{
+		{Instance: a.ID, ID: a1.ID, At: t1},
+		{Instance: a.ID, ID: "key_nosuchkeyxxxxxxxxxxxxx", At: t1},
+		{Instance: a.ID, ID: a2.ID, At: t1},
+		{Instance: b.ID, ID: b1.ID, At: t2},
+		{Instance: "ghost", ID: a1.ID, At: t2},
+		{Instance: b.ID, ID: a1.ID, At: t2}, // a1's id in the wrong instance: no such key
+		{Instance: a.ID, ID: a1.ID, At: x.now},
+	})
+	if err != nil {
+		t.Fatalf("TouchKeys: %v", err)
+	}
+	for _, c := range []struct {
+		k    store.Key
+		want time.Time
+	}{{a1, t1}, {a2, t2}, {a3, time.Time{}}, {b1, t2}} {
+		want := c.k
+		want.LastUsedAt = c.want
+		checkKey(t, x.get(c.k.Instance, c.k.ID), want)
+	}
+	_, err = x.s.Key(x.ctx, a.ID, "key_nosuchkeyxxxxxxxxxxxxx")
+	wantErr(t, "Key(unknown key after TouchKeys)", err, store.ErrKeyNotFound)
+	_, err = x.s.Key(x.ctx, b.ID, a1.ID)
+	wantErr(t, "Key(id of another instance after TouchKeys)", err, store.ErrKeyNotFound)
+	_, err = x.s.Instance(x.ctx, "ghost")
+	wantErr(t, "Instance(ghost) after TouchKeys", err, store.ErrInstanceNotFound)
+
+	// A later batch moves them on; an unknown key alone is no error either.
+	t3 := t2.Add(time.Hour)
+	if err := x.s.TouchKeys(x.ctx, []store.Touch{{Instance: a.ID, ID: a1.ID, At: t3}, {Instance: b.ID, ID: b1.ID, At: t3}}); err != nil {
+		t.Fatalf("TouchKeys: %v", err)
+	}
+	sameTime(t, "a1 LastUsedAt", x.get(a.ID, a1.ID).LastUsedAt, t3)
+	sameTime(t, "b1 LastUsedAt", x.get(b.ID, b1.ID).LastUsedAt, t3)
+	if err := x.s.TouchKeys(x.ctx, []store.Touch{{Instance: a.ID, ID: "key_nosuchkeyxxxxxxxxxxxxx", At: t3}}); err != nil {
+		t.Errorf("TouchKeys(unknown key only): %v", err)
+	}
+	// Touching changes nothing else: the keys still look up as before.
+	if l := x.lookup(b1.Hash); l.ID != b1.ID || l.Instance != b.ID || !l.RevokedAt.IsZero() {
+		t.Errorf("lookup after TouchKeys = %+v", l)
+	}
+}

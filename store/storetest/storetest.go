@@ -51,6 +51,7 @@ func Run(t *testing.T, open func(t *testing.T, failPoint func(step string) error
 		{"RollCreatesNewKeyAndExpiresOld", testRoll},
 		{"RollRefusesRevokedAndExpiredKeys", testRollRefusesInactive},
 		{"TouchKeyNeverMovesBack", testTouch},
+		{"TouchKeysBatchNeverMovesBackIgnoresUnknownKeys", testTouchKeys},
 		{"InvalidationsBeforeReturnAndUnsubscribe", testInvalidations},
 		{"ConcurrentCreatesLoseNothing", testConcurrentCreates},
 		{"FailedCreateLeavesNoWorkingKey", testFailedCreate},
