@@ -127,21 +127,34 @@ curl -sf -H "Authorization: Bearer $fkey" 127.0.0.1:18106/ > /dev/null || { echo
 curl -sf -H "Authorization: Bearer $key" 127.0.0.1:18102/ > /dev/null # warm the caches
 curl -sf -H "Authorization: Bearer $nkey" 127.0.0.1:18112/ > /dev/null
 
-rps() { # port key → requests per second
+cputicks() { # pid → user+system CPU time so far, in clock ticks
+	awk '{print $14 + $15}' "/proc/$1/stat"
+}
+rps() { # port key pid → "requests/s CPU-µs-per-request" (the CPU time of the keygate process serving the site)
+	local c0 c1 out
+	c0=$(cputicks "$3")
 	out=$("${cl[@]}" wrk -t1 -c"$conns" -d"${secs}s" -H "Authorization: Bearer $2" "http://127.0.0.1:$1/")
+	c1=$(cputicks "$3")
 	if grep -q 'Non-2xx' <<<"$out"; then echo "non-2xx answers on :$1: $out" >&2; exit 1; fi
-	awk '/Requests\/sec/ {print $2}' <<<"$out"
+	awk -v c="$((c1 - c0))" -v hz="$(getconf CLK_TCK)" '/^ *[0-9]+ requests in/ {n=$1} /Requests\/sec/ {r=$2} END {printf "%s %.1f\n", r, c / hz * 1e6 / n}' <<<"$out"
 }
 echo "keygate gateway throughput, $(date -u +%FT%TZ), $(nproc) CPUs, $rounds rounds of wrk -t1 -c$conns -d${secs}s each, interleaved"
-declare -A all last
+declare -A all last cpu lastcpu
 for r in $(seq "$rounds"); do
 	for site in plain:18101:$key nora:18102:$key nousage:18112:$nkey limited:18102:$lkey full:18106:$fkey forward:18103:$key; do
 		IFS=: read -r n port k <<<"$site"
-		v=$(rps "$port" "$k")
-		echo "round $r  $n  $v req/s"
+		pid=$(cat "$work/pid"); [ "$n" = nousage ] && pid=$(cat "$work/pid2")
+		read -r v c <<<"$(rps "$port" "$k" "$pid")"
+		echo "round $r  $n  $v req/s  $c µs CPU per request"
 		all[$n]="${all[$n]:-} $v"
+		cpu[$n]="${cpu[$n]:-} $c"
 		last[$n]=$v
+		lastcpu[$n]=$c
 	done
+	# CPU time per request against plain's, round by round: unlike req/s, it does not move
+	# with the CPU time other processes (or the hypervisor) take from the gateway.
+	cnora="${cnora:-} $(awk -v a="${lastcpu[plain]}" -v b="${lastcpu[nora]}" 'BEGIN {printf "%.4f", a/b}')"
+	cfull="${cfull:-} $(awk -v a="${lastcpu[plain]}" -v b="${lastcpu[full]}" 'BEGIN {printf "%.4f", a/b}')"
 	# Usage on vs off measured back to back in the same round: less exposed to other load.
 	paired="${paired:-} $(awk -v a="${last[nora]}" -v b="${last[nousage]}" 'BEGIN {printf "%.4f", a/b}')"
 	pnora="${pnora:-} $(awk -v a="${last[nora]}" -v b="${last[plain]}" 'BEGIN {printf "%.4f", a/b}')"
@@ -157,6 +170,9 @@ awk -v p="$p" -v n="$n" -v u="$u" -v l="$l" -v a="$a" -v f="$f" 'BEGIN {
 echo "usage   nora_auth usage on/off per round:$paired   median $(median "$paired")"
 echo "rounds  nora_auth/plain per round:$pnora   median $(median "$pnora") (target >= 0.97)"
 echo "rounds  every-feature/plain per round:$pfull   median $(median "$pfull") (target >= 0.95)"
+echo "cpu     µs per request, medians: plain $(median "${cpu[plain]}")  nora $(median "${cpu[nora]}")  nousage $(median "${cpu[nousage]}")  limited $(median "${cpu[limited]}")  full $(median "${cpu[full]}")  forward $(median "${cpu[forward]}")"
+echo "cpu     plain/nora CPU per request, per round:$cnora   median $(median "$cnora")"
+echo "cpu     plain/every-feature CPU per request, per round:$cfull   median $(median "$cfull")"
 # What each process counted for its key over the last hour (the flush interval is 5 s).
 sleep 6
 okcount() { # admin port, key id → the usage total's ok

@@ -106,9 +106,10 @@ const (
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (a *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	// Client copies of our headers never reach the upstream, whatever the outcome.
-	r.Header.Del(HeaderKeyID)
-	r.Header.Del(HeaderInstance)
-	r.Header.Del(HeaderEnvironment)
+	// (The names are canonical: deleted as they are, with no canonicalising.)
+	delete(r.Header, HeaderKeyID)
+	delete(r.Header, HeaderInstance)
+	delete(r.Header, HeaderEnvironment)
 
 	// The failed-attempt limit comes first: a limited client costs no parsing and no lookup.
 	client := clientAddr(r)
@@ -166,24 +167,18 @@ func (a *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		return a.refuse(w, res.Code)
 	}
 	verifications[verify.OK].Inc()
-	env := res.Environment.String()
-	r.Header[HeaderKeyID] = []string{res.KeyID}
-	r.Header[HeaderInstance] = []string{res.Instance}
-	r.Header[HeaderEnvironment] = []string{env}
+	// One allocation holds the upstream headers' values and the placeholders' answers.
+	u := &userVars{id: res.KeyID, instance: res.Instance, env: res.Environment.String(),
+		scopes: res.Scopes, meta: res.Metadata}
+	u.hdr = [3]string{u.id, u.instance, u.env}
+	r.Header[HeaderKeyID] = u.hdr[0:1:1]
+	r.Header[HeaderInstance] = u.hdr[1:2:2]
+	r.Header[HeaderEnvironment] = u.hdr[2:3:3]
 	if !a.KeepAuthorization {
-		r.Header.Del("Authorization")
+		delete(r.Header, "Authorization")
 	}
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	repl.Set("http.auth.user.id", res.KeyID)
-	repl.Set("http.auth.user.instance", res.Instance)
-	repl.Set("http.auth.user.environment", env)
-	repl.Set("http.auth.user.scopes", res.Scopes)
-	for _, m := range res.Metadata {
-		repl.Set(m.Placeholder, m.Value)
-	}
-	// A metadata name the key does not have is empty, not the placeholder's own text (the
-	// values set above are found first).
-	repl.Map(noMetadata)
+	repl.Map(u.get)
 	return next.ServeHTTP(w, r)
 }
 
@@ -196,21 +191,59 @@ func (a *Auth) refuse(w http.ResponseWriter, c verify.Code) error {
 	return writeRefusal(w, c)
 }
 
-// noMetadata answers "" for any {http.auth.user.metadata.NAME} that is not set.
-func noMetadata(key string) (any, bool) {
-	if strings.HasPrefix(key, verify.MetadataPlaceholder) {
-		return "", true
+// userVars answers the {http.auth.user.*} placeholders of a request let through: id,
+// instance, environment, scopes (comma-separated, "" for an unrestricted key) and
+// metadata.NAME ("" for a name the key does not have). Values set on the replacer by
+// another handler come first.
+type userVars struct {
+	id, instance, env, scopes string
+	meta                      []verify.Meta
+	hdr                       [3]string // the upstream headers' values
+}
+
+const userPlaceholder = "http.auth.user."
+
+func (u *userVars) get(key string) (any, bool) {
+	name, ok := strings.CutPrefix(key, userPlaceholder)
+	if !ok {
+		return nil, false
 	}
-	return nil, false
+	switch name {
+	case "id":
+		return u.id, true
+	case "instance":
+		return u.instance, true
+	case "environment":
+		return u.env, true
+	case "scopes":
+		return u.scopes, true
+	}
+	if !strings.HasPrefix(key, verify.MetadataPlaceholder) {
+		return nil, false
+	}
+	for _, m := range u.meta {
+		if m.Placeholder == key {
+			return m.Value, true
+		}
+	}
+	return "", true
 }
 
 // setRateLimitHeaders writes RateLimit-Limit, RateLimit-Remaining and RateLimit-Reset (whole
-// seconds until the window ends).
+// seconds until the window ends), in two allocations.
 func setRateLimitHeaders(h http.Header, d *limit.Decision) {
 	reset := int64(time.Until(d.Reset)+time.Second-1) / int64(time.Second)
-	h["Ratelimit-Limit"] = []string{strconv.FormatInt(d.Limit, 10)}
-	h["Ratelimit-Remaining"] = []string{strconv.FormatInt(d.Remaining, 10)}
-	h["Ratelimit-Reset"] = []string{strconv.FormatInt(max(reset, 0), 10)}
+	var buf [3 * 20]byte
+	b := strconv.AppendInt(buf[:0], d.Limit, 10)
+	n1 := len(b)
+	b = strconv.AppendInt(b, d.Remaining, 10)
+	n2 := len(b)
+	b = strconv.AppendInt(b, max(reset, 0), 10)
+	s := string(b)
+	v := []string{s[:n1], s[n1:n2], s[n2:]}
+	h["Ratelimit-Limit"] = v[0:1:1]
+	h["Ratelimit-Remaining"] = v[1:2:2]
+	h["Ratelimit-Reset"] = v[2:3:3]
 }
 
 // clientAddr is the request's client address as Caddy determined it (trusted_proxies

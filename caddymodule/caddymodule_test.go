@@ -55,7 +55,7 @@ func (u *upstream) lastHeader() http.Header {
 }
 
 // load adapts a Caddyfile and runs it in this process (real Caddy), stopping it at the end.
-func load(t *testing.T, caddyfile string) {
+func load(t testing.TB, caddyfile string) {
 	t.Helper()
 	cfg, err := adapt(caddyfile)
 	if err != nil {
@@ -72,7 +72,7 @@ func adapt(caddyfile string) ([]byte, error) {
 	return cfg, err
 }
 
-func noraApp(t *testing.T) *caddymodule.App {
+func noraApp(t testing.TB) *caddymodule.App {
 	t.Helper()
 	a, err := caddy.ActiveContext().App("nora")
 	if err != nil {

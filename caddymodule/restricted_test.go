@@ -59,7 +59,7 @@ http://127.0.0.1:%d {
 }
 
 // mintSandbox stores a new key of acme-sandbox, set up by with, and returns its secret.
-func mintSandbox(t *testing.T, s store.Store, with func(*store.Key)) (string, store.Key) {
+func mintSandbox(t testing.TB, s store.Store, with func(*store.Key)) (string, store.Key) {
 	t.Helper()
 	secret, k, err := store.Mint(apikey.Hasher{}, store.Instance{ID: "acme-sandbox", Environment: apikey.Sandbox}, "test key", time.Time{}, time.Now())
 	if err != nil {

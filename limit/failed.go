@@ -160,12 +160,15 @@ func (f *FailedAttempts) Blocked(a netip.Addr) (retryAfter time.Duration, blocke
 	if !a.IsValid() {
 		return 0, false
 	}
-	s, k, cur, elapsed := f.lock(a)
+	k := f.keyOf(a)
+	s := f.shardOf(&k)
+	s.mu.Lock()
 	defer s.mu.Unlock()
 	i, ok := s.index[k]
 	if !ok {
-		return 0, false
+		return 0, false // a client with no failure: no clock read
 	}
+	cur, elapsed := f.now()
 	return f.wait(&s.clients[i], cur, elapsed, 0)
 }
 

@@ -345,10 +345,9 @@ func (c *counter) size(now time.Time) int64 {
 		c.rate = float64(c.spent) / el.Seconds()
 		c.spent, c.spentAt, el = 0, now, 0
 	}
-	r := c.rate
-	if el >= time.Millisecond {
-		r = max(r, float64(c.spent)/el.Seconds())
-	}
+	// (Less than a millisecond counts as one: a brand-new busy key does not lease one unit
+	// at a time for its first millisecond.)
+	r := max(c.rate, float64(c.spent)/max(el, time.Millisecond).Seconds())
 	n := max(1, min(int64(r*leaseSpan.Seconds()), c.limit/maxLeaseShare))
 	c.lastSize = n
 	return n
