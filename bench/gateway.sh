@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Gateway throughput with a valid key and a warm cache, side by side in one run, median of
-# interleaved rounds (targets: nora_auth at least 0.97 x plain; nora_auth with a limited key at
-# least 0.95 x plain; forward_auth is measured beside them for scale):
+# interleaved rounds (targets: nora_auth at least 0.97 x plain; nora_auth with a key using every
+# per-key feature at least 0.95 x plain; forward_auth is measured beside them for scale):
 #   plain    — Caddy reverse_proxy, no auth
 #   nora     — nora_auth + reverse_proxy, a key with no limits (checked in-process, from the cache);
 #              usage counting is on (the default: a counter bump per request, flushed every 5 s)
@@ -21,60 +21,66 @@
 # With PIN=1 (and taskset, from util-linux) the keygate processes run on CPU 0 with
 # GOMAXPROCS=1 and wrk on CPU 1: on a 2-core machine the two then stop competing for the same
 # core, and the rounds vary far less. Besides the medians of each site, the ratios of each round
-# (a site against the plain round just before it) are printed with their median: drift between
-# rounds (other load, CPU frequency) cancels out of those.
+# (a site against plain in the same round; the order of the sites alternates between rounds)
+# are printed with their median: drift between rounds (other load, CPU frequency) cancels out
+# of those. Each site also gets the keygate process' CPU time per request.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-secs=${1:-10}
+secs=${1:-3}
 conns=${2:-32}
-rounds=${3:-3}
+rounds=${3:-15}
 command -v wrk >/dev/null || { echo "wrk not found: apt-get install -y wrk" >&2; exit 1; }
 
 work=$(mktemp -d)
-trap 'kill $(cat "$work/pid" "$work/pid2" 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'kill $(cat "$work/pid" "$work/pid2" "$work/pid3" 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
 go build -o "$work/keygate" ./cmd/keygate
 
 token=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
-cat > "$work/Caddyfile" <<CADDY
+mainconfig() { # port prefix (181: ports 18100-18106), store file → the Caddyfile of every site but nousage
+	cat <<CADDY
 {
 	admin off
 	auto_https off
 	nora {
-		store file $work/keys.db
+		store file $2
 		instance bench sandbox "Bench"
 	}
 }
-http://127.0.0.1:18101 {
-	reverse_proxy 127.0.0.1:18100
+http://127.0.0.1:${1}01 {
+	reverse_proxy 127.0.0.1:${1}00
 }
-http://127.0.0.1:18102 {
+http://127.0.0.1:${1}02 {
 	nora_auth
-	reverse_proxy 127.0.0.1:18100
+	reverse_proxy 127.0.0.1:${1}00
 }
-http://127.0.0.1:18106 {
+http://127.0.0.1:${1}06 {
 	nora_auth {
 		require_scope bench:read
 	}
-	reverse_proxy 127.0.0.1:18100
+	reverse_proxy 127.0.0.1:${1}00
 }
-http://127.0.0.1:18103 {
-	forward_auth 127.0.0.1:18104 {
+http://127.0.0.1:${1}03 {
+	forward_auth 127.0.0.1:${1}04 {
 		uri /check
 	}
-	reverse_proxy 127.0.0.1:18100
+	reverse_proxy 127.0.0.1:${1}00
 }
-http://127.0.0.1:18104 {
+http://127.0.0.1:${1}04 {
 	respond 200
 }
-http://127.0.0.1:18100 {
+http://127.0.0.1:${1}00 {
 	respond "ok"
 }
-http://127.0.0.1:18105 {
+http://127.0.0.1:${1}05 {
 	nora_admin {
 		token $token apiKey.create apiKey.read
 	}
 }
 CADDY
+}
+mainconfig 181 "$work/keys.db" > "$work/Caddyfile"
+# The twin: the same sites in a second process, for the paired rounds.
+mainconfig 182 "$work/keys-twin.db" > "$work/Caddyfile-twin"
 cat > "$work/Caddyfile-nousage" <<CADDY
 {
 	admin off
@@ -107,7 +113,9 @@ fi
 echo $! > "$work/pid"
 "${gw[@]}" "$work/keygate" run --config "$work/Caddyfile-nousage" > "$work/log2" 2>&1 &
 echo $! > "$work/pid2"
-for adm in 18105 18115; do
+"${gw[@]}" "$work/keygate" run --config "$work/Caddyfile-twin" > "$work/log3" 2>&1 &
+echo $! > "$work/pid3"
+for adm in 18105 18115 18205; do
 	for _ in $(seq 100); do curl -s -o /dev/null 127.0.0.1:$adm/healthz && break; sleep 0.1; done
 done
 sleep 0.5
@@ -119,8 +127,11 @@ read -r key keyid <<<"$(create 18105 '{"name":"bench"}')"
 read -r nkey nkeyid <<<"$(create 18115 '{"name":"bench-nousage"}')"
 # 1,000,000 per second and 10^12 in all: far above what wrk offers on any machine.
 read -r lkey _ <<<"$(create 18105 '{"name":"bench-limited","rate_limit":{"limit":1000000,"window_seconds":1},"quota":{"limit":1000000000000,"period":"total"}}')"
-read -r fkey _ <<<"$(create 18105 '{"name":"bench-full","scopes":["bench:*"],"allowed_ips":["127.0.0.0/8"],"metadata":{"team":"bench"},"rate_limit":{"limit":1000000,"window_seconds":1},"quota":{"limit":1000000000000,"period":"total"}}')"
-[ -n "$key" ] && [ -n "$lkey" ] && [ -n "$nkey" ] && [ -n "$fkey" ] || { echo "could not create the keys"; cat "$work/log" "$work/log2"; exit 1; }
+full='{"name":"bench-full","scopes":["bench:*"],"allowed_ips":["127.0.0.0/8"],"metadata":{"team":"bench"},"rate_limit":{"limit":1000000,"window_seconds":1},"quota":{"limit":1000000000000,"period":"total"}}'
+read -r fkey _ <<<"$(create 18105 "$full")"
+read -r tkey _ <<<"$(create 18205 '{"name":"bench"}')"
+read -r tfkey _ <<<"$(create 18205 "$full")"
+[ -n "$key" ] && [ -n "$lkey" ] && [ -n "$nkey" ] && [ -n "$fkey" ] && [ -n "$tkey" ] && [ -n "$tfkey" ] || { echo "could not create the keys"; cat "$work/log" "$work/log2" "$work/log3"; exit 1; }
 hdr=$(curl -sf -D - -o /dev/null -H "Authorization: Bearer $lkey" 127.0.0.1:18102/ | tr -d '\r' | grep -i '^ratelimit-limit:' || true)
 [ -n "$hdr" ] || { echo "the limited key's answer carries no RateLimit-Limit"; exit 1; }
 curl -sf -H "Authorization: Bearer $fkey" 127.0.0.1:18106/ > /dev/null || { echo "the every-feature key is refused on its route"; exit 1; }
@@ -140,11 +151,23 @@ rps() { # port key pid → "requests/s CPU-µs-per-request" (the CPU time of the
 }
 echo "keygate gateway throughput, $(date -u +%FT%TZ), $(nproc) CPUs, $rounds rounds of wrk -t1 -c$conns -d${secs}s each, interleaved"
 declare -A all last cpu lastcpu
+sites="plain:18101:$key nora:18102:$key full:18106:$fkey limited:18102:$lkey nousage:18112:$nkey forward:18103:$key"
+# Warm-up, not counted: every site once, briefly (connections, the caches, the heap's size).
+for site in $sites; do
+	IFS=: read -r n port k <<<"$site"
+	"${cl[@]}" wrk -t1 -c"$conns" -d1s -H "Authorization: Bearer $k" "http://127.0.0.1:$port/" > /dev/null
+done
 for r in $(seq "$rounds"); do
-	for site in plain:18101:$key nora:18102:$key nousage:18112:$nkey limited:18102:$lkey full:18106:$fkey forward:18103:$key; do
+	# Odd rounds run the sites in order, even rounds backwards: a site's distance to the
+	# plain round it is compared with is the same both ways, and a drift over the run
+	# favours no site.
+	order=$sites
+	[ $((r % 2)) = 0 ] && order=$(tr ' ' '\n' <<<"$sites" | tac | tr '\n' ' ')
+	for site in $order; do
 		IFS=: read -r n port k <<<"$site"
 		pid=$(cat "$work/pid"); [ "$n" = nousage ] && pid=$(cat "$work/pid2")
-		read -r v c <<<"$(rps "$port" "$k" "$pid")"
+		out=$(rps "$port" "$k" "$pid")
+		read -r v c <<<"$out"
 		echo "round $r  $n  $v req/s  $c µs CPU per request"
 		all[$n]="${all[$n]:-} $v"
 		cpu[$n]="${cpu[$n]:-} $c"
@@ -173,6 +196,59 @@ echo "rounds  every-feature/plain per round:$pfull   median $(median "$pfull") (
 echo "cpu     µs per request, medians: plain $(median "${cpu[plain]}")  nora $(median "${cpu[nora]}")  nousage $(median "${cpu[nousage]}")  limited $(median "${cpu[limited]}")  full $(median "${cpu[full]}")  forward $(median "${cpu[forward]}")"
 echo "cpu     plain/nora CPU per request, per round:$cnora   median $(median "$cnora")"
 echo "cpu     plain/every-feature CPU per request, per round:$cfull   median $(median "$cfull")"
+# Paired rounds: the same sites in two identical processes (ports 181xx and 182xx, each with
+# its own store and upstream, on the same CPU), driven at the same time: plain in one and
+# nora_auth (or every feature) in the other, then the other way round. Both get whatever the
+# machine (or the hypervisor) gives at that moment, shared evenly by the kernel, so the ratio
+# of their request rates is what keygate costs, with the machine's drift taken out; swapping
+# the processes takes out any difference between them. A round's ratio is the geometric mean
+# of its two halves. PAIRS=0 skips them.
+pairs=${PAIRS:-10}
+both() { # portA keyA portB keyB → "requests/s of A, of B", measured at the same time
+	local pa pb c0
+	c0="$(cputicks "$(cat "$work/pid")") $(cputicks "$(cat "$work/pid3")")"
+	"${cl[@]}" wrk -t1 -c"$conns" -d"${secs}s" -H "Authorization: Bearer $2" "http://127.0.0.1:$1/" > "$work/wa" &
+	pa=$!
+	"${cl[@]}" wrk -t1 -c"$conns" -d"${secs}s" -H "Authorization: Bearer $4" "http://127.0.0.1:$3/" > "$work/wb" &
+	pb=$!
+	wait "$pa" "$pb"
+	for f in wa wb; do
+		if grep -q 'Non-2xx' "$work/$f"; then echo "non-2xx answers: $(cat "$work/$f")" >&2; exit 1; fi
+	done
+	read -r c1 c3 <<<"$c0"
+	# The processes' shares of the CPU time they used together (the kernel's fairness).
+	share=$(awk -v a="$(( $(cputicks "$(cat "$work/pid")") - c1 ))" -v b="$(( $(cputicks "$(cat "$work/pid3")") - c3 ))" 'BEGIN {printf "%.3f %.3f", a / (a + b), b / (a + b)}')
+	echo "$(awk '/Requests\/sec/ {print $2}' "$work/wa") $(awk '/Requests\/sec/ {print $2}' "$work/wb") $share"
+}
+[ "$pairs" -gt 0 ] && echo "paired rounds, $pairs of wrk -t1 -c$conns -d${secs}s on two processes at once"
+for r in $(seq "$pairs"); do
+	# forward_auth too: for scale, and to show that the pairing does tell costs apart.
+	for feat in nora:02:$key:$tkey full:06:$fkey:$tfkey forward:03:$key:$tkey; do
+		IFS=: read -r n port k1 k2 <<<"$feat"
+		out=$(both 18101 "$key" "182$port" "$k2") # plain in the first process, the feature in the twin
+		read -r p1 f1 sp1 sf1 <<<"$out"
+		out=$(both "181$port" "$k1" 18201 "$tkey") # and the other way round
+		read -r f2 p2 sf2 sp2 <<<"$out"
+		# The rates' ratio, and the same per CPU second (each process' requests over its share
+		# of the CPU time: the kernel's split, never quite even, taken out).
+		read -r x y <<<"$(awk -v p1="$p1" -v f1="$f1" -v p2="$p2" -v f2="$f2" -v sp1="$sp1" -v sf1="$sf1" -v sp2="$sp2" -v sf2="$sf2" \
+			'BEGIN {printf "%.4f %.4f", sqrt(f1 / p1 * f2 / p2), sqrt(f1 / sf1 / (p1 / sp1) * f2 / sf2 / (p2 / sp2))}')"
+		echo "pair $r  plain $p1 / $n $f1 (CPU $sp1/$sf1), $n $f2 / plain $p2 (CPU $sf2/$sp2) req/s   $n/plain $x, per CPU second $y"
+		case $n in
+		nora) qnora="${qnora:-} $x" cnora2="${cnora2:-} $y" ;;
+		full) qfull="${qfull:-} $x" cfull2="${cfull2:-} $y" ;;
+		*) qfwd="${qfwd:-} $x" cfwd2="${cfwd2:-} $y" ;;
+		esac
+	done
+done
+if [ "$pairs" -gt 0 ]; then
+	echo "paired  nora_auth/plain per round:$qnora   median $(median "$qnora") (target >= 0.97)"
+	echo "paired  every-feature/plain per round:$qfull   median $(median "$qfull") (target >= 0.95)"
+	echo "paired  forward_auth/plain per round:$qfwd   median $(median "$qfwd") (for scale)"
+	echo "per CPU second  nora_auth/plain per round:$cnora2   median $(median "$cnora2") (target >= 0.97)"
+	echo "per CPU second  every-feature/plain per round:$cfull2   median $(median "$cfull2") (target >= 0.95)"
+	echo "per CPU second  forward_auth/plain per round:$cfwd2   median $(median "$cfwd2") (for scale)"
+fi
 # What each process counted for its key over the last hour (the flush interval is 5 s).
 sleep 6
 okcount() { # admin port, key id → the usage total's ok
