@@ -26,7 +26,7 @@
 # of those. Each site also gets the keygate process' CPU time per request.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-secs=${1:-3}
+secs=${1:-2}
 conns=${2:-32}
 rounds=${3:-15}
 command -v wrk >/dev/null || { echo "wrk not found: apt-get install -y wrk" >&2; exit 1; }
@@ -149,53 +149,60 @@ rps() { # port key pid → "requests/s CPU-µs-per-request" (the CPU time of the
 	if grep -q 'Non-2xx' <<<"$out"; then echo "non-2xx answers on :$1: $out" >&2; exit 1; fi
 	awk -v c="$((c1 - c0))" -v hz="$(getconf CLK_TCK)" '/^ *[0-9]+ requests in/ {n=$1} /Requests\/sec/ {r=$2} END {printf "%s %.1f\n", r, c / hz * 1e6 / n}' <<<"$out"
 }
-echo "keygate gateway throughput, $(date -u +%FT%TZ), $(nproc) CPUs, $rounds rounds of wrk -t1 -c$conns -d${secs}s each, interleaved"
-declare -A all last cpu lastcpu
-sites="plain:18101:$key nora:18102:$key full:18106:$fkey limited:18102:$lkey nousage:18112:$nkey forward:18103:$key"
+echo "keygate gateway throughput, $(date -u +%FT%TZ), $(nproc) CPUs, $rounds rounds of wrk -t1 -c$conns -d${secs}s per site, interleaved"
+declare -A all cpu ratios cratios
+sites="nora:18102:$key full:18106:$fkey limited:18102:$lkey nousage:18112:$nkey forward:18103:$key"
 # Warm-up, not counted: every site once, briefly (connections, the caches, the heap's size).
-for site in $sites; do
+for site in plain:18101:$key $sites; do
 	IFS=: read -r n port k <<<"$site"
 	"${cl[@]}" wrk -t1 -c"$conns" -d1s -H "Authorization: Bearer $k" "http://127.0.0.1:$port/" > /dev/null
 done
+measure() { # name port key → mv (requests/s) and mc (CPU µs per request), recorded under name
+	local pid out
+	pid=$(cat "$work/pid"); [ "$1" = nousage ] && pid=$(cat "$work/pid2")
+	out=$(rps "$2" "$3" "$pid")
+	read -r mv mc <<<"$out"
+	all[$1]="${all[$1]:-} $mv"
+	cpu[$1]="${cpu[$1]:-} $mc"
+}
+# Each round runs plain between every two other sites (plain nora plain full plain …), and
+# compares each site with the mean of the plain runs just before and just after it: the
+# machine's drift (other load, the hypervisor, CPU frequency) over those few seconds cancels
+# out, and short rounds keep it small. The median of the rounds' ratios is the figure.
 for r in $(seq "$rounds"); do
-	# Odd rounds run the sites in order, even rounds backwards: a site's distance to the
-	# plain round it is compared with is the same both ways, and a drift over the run
-	# favours no site.
-	order=$sites
-	[ $((r % 2)) = 0 ] && order=$(tr ' ' '\n' <<<"$sites" | tac | tr '\n' ' ')
-	for site in $order; do
+	measure plain 18101 "$key"
+	pv=$mv pc=$mc
+	line="round $r  plain $pv"
+	for site in $sites; do
 		IFS=: read -r n port k <<<"$site"
-		pid=$(cat "$work/pid"); [ "$n" = nousage ] && pid=$(cat "$work/pid2")
-		out=$(rps "$port" "$k" "$pid")
-		read -r v c <<<"$out"
-		echo "round $r  $n  $v req/s  $c µs CPU per request"
-		all[$n]="${all[$n]:-} $v"
-		cpu[$n]="${cpu[$n]:-} $c"
-		last[$n]=$v
-		lastcpu[$n]=$c
+		measure "$n" "$port" "$k"
+		v=$mv c=$mc
+		measure plain 18101 "$key"
+		pv2=$mv pc2=$mc
+		ratios[$n]="${ratios[$n]:-} $(awk -v x="$v" -v a="$pv" -v b="$pv2" 'BEGIN {printf "%.4f", 2 * x / (a + b)}')"
+		cratios[$n]="${cratios[$n]:-} $(awk -v x="$c" -v a="$pc" -v b="$pc2" 'BEGIN {printf "%.4f", (a + b) / 2 / x}')"
+		line="$line  $n $v  plain $pv2"
+		pv=$pv2 pc=$pc2
 	done
-	# CPU time per request against plain's, round by round: unlike req/s, it does not move
-	# with the CPU time other processes (or the hypervisor) take from the gateway.
-	cnora="${cnora:-} $(awk -v a="${lastcpu[plain]}" -v b="${lastcpu[nora]}" 'BEGIN {printf "%.4f", a/b}')"
-	cfull="${cfull:-} $(awk -v a="${lastcpu[plain]}" -v b="${lastcpu[full]}" 'BEGIN {printf "%.4f", a/b}')"
-	# Usage on vs off measured back to back in the same round: less exposed to other load.
-	paired="${paired:-} $(awk -v a="${last[nora]}" -v b="${last[nousage]}" 'BEGIN {printf "%.4f", a/b}')"
-	pnora="${pnora:-} $(awk -v a="${last[nora]}" -v b="${last[plain]}" 'BEGIN {printf "%.4f", a/b}')"
-	pfull="${pfull:-} $(awk -v a="${last[full]}" -v b="${last[plain]}" 'BEGIN {printf "%.4f", a/b}')"
+	echo "$line req/s"
 done
 median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 p=$(median "${all[plain]}"); n=$(median "${all[nora]}"); u=$(median "${all[nousage]}"); l=$(median "${all[limited]}"); a=$(median "${all[full]}"); f=$(median "${all[forward]}")
 awk -v p="$p" -v n="$n" -v u="$u" -v l="$l" -v a="$a" -v f="$f" 'BEGIN {
 	printf "median  plain %.0f  nora_auth %.0f  nora_auth(usage off) %.0f  nora_auth+limits %.0f  nora_auth+every feature %.0f  forward_auth %.0f req/s\n", p, n, u, l, a, f
-	printf "ratios  nora_auth/plain %.3f (target >= 0.97)   every-feature/plain %.3f (target >= 0.95)   limited/plain %.3f   nora_auth/forward_auth %.2f (for scale)\n", n/p, a/p, l/p, n/f
-	printf "usage   nora_auth usage on/off %.3f   usage-off/plain %.3f\n", n/u, u/p
 }'
-echo "usage   nora_auth usage on/off per round:$paired   median $(median "$paired")"
-echo "rounds  nora_auth/plain per round:$pnora   median $(median "$pnora") (target >= 0.97)"
-echo "rounds  every-feature/plain per round:$pfull   median $(median "$pfull") (target >= 0.95)"
 echo "cpu     µs per request, medians: plain $(median "${cpu[plain]}")  nora $(median "${cpu[nora]}")  nousage $(median "${cpu[nousage]}")  limited $(median "${cpu[limited]}")  full $(median "${cpu[full]}")  forward $(median "${cpu[forward]}")"
-echo "cpu     plain/nora CPU per request, per round:$cnora   median $(median "$cnora")"
-echo "cpu     plain/every-feature CPU per request, per round:$cfull   median $(median "$cfull")"
+for n in nora full limited nousage forward; do
+	case $n in
+	nora) what="nora_auth/plain (target >= 0.97)" ;;
+	full) what="every-feature/plain (target >= 0.95)" ;;
+	limited) what="limited/plain" ;;
+	nousage) what="usage-off/plain (another process)" ;;
+	forward) what="forward_auth/plain (for scale)" ;;
+	esac
+	echo "rounds  $what per round:${ratios[$n]}   median $(median "${ratios[$n]}")"
+	echo "cpu     $what, plain's CPU per request over its, per round:${cratios[$n]}   median $(median "${cratios[$n]}")"
+done
 # Paired rounds: the same sites in two identical processes (ports 181xx and 182xx, each with
 # its own store and upstream, on the same CPU), driven at the same time: plain in one and
 # nora_auth (or every feature) in the other, then the other way round. Both get whatever the

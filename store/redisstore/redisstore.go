@@ -518,13 +518,20 @@ end
 return tostring(cur)
 `)
 
-// setLatestScript sets a time field of an existing hash if it is earlier than ARGV[2].
-var setLatestScript = redis.NewScript(`
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
-if cur < tonumber(ARGV[2]) then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+// touchScript records uses: for each existing hash KEYS[i], its field ARGV[1] becomes
+// ARGV[i+1] if that is later. Every key of one call is on one slot (one instance's).
+var touchScript = redis.NewScript(`
+for i, k in ipairs(KEYS) do
+  if redis.call('EXISTS', k) == 1 then
+    local at = tonumber(ARGV[i + 1])
+    if tonumber(redis.call('HGET', k, ARGV[1]) or '0') < at then redis.call('HSET', k, ARGV[1], ARGV[i + 1]) end
+  end
+end
 return 1
 `)
+
+// touchChunk bounds the keys of one touchScript call (one call holds Redis for its run).
+const touchChunk = 128
 
 // revokeScript revokes a listed record at ARGV[1] unless it is revoked already (the first
 // revocation's time stays) and, when this call revoked it and ARGV[2] is an event id, adds
@@ -695,25 +702,37 @@ func (s *Store) TouchKey(ctx context.Context, instance, id string, at time.Time)
 	return s.TouchKeys(ctx, []store.Touch{{Instance: instance, ID: id, At: at}})
 }
 
-// TouchKeys implements store.Store: one pipeline of setLatestScript calls, each on its key's
-// record (go-redis splits the pipeline among a Cluster's masters by slot). The script is run
-// by its digest (EVALSHA); the uses that a Redis without it in its script cache refused (a
-// fresh server, a failover, SCRIPT FLUSH) are sent again with the script itself (EVAL), in
-// a second pipeline, which also puts it back in the cache.
+// TouchKeys implements store.Store: one touchScript call per instance (and per
+// touchChunk keys), all in one pipeline (go-redis splits it among a Cluster's masters by
+// slot; an instance's keys share one). The script is run by its digest (EVALSHA); the calls
+// that a Redis without it in its script cache refused (a fresh server, a failover, SCRIPT
+// FLUSH) are sent again with the script itself (EVAL), in a second pipeline, which also puts
+// it back in the cache.
 func (s *Store) TouchKeys(ctx context.Context, ts []store.Touch) error {
 	if len(ts) == 0 {
 		return nil
 	}
-	keys := make([][]string, len(ts))
-	args := make([][]any, len(ts))
-	for i, t := range ts {
-		keys[i] = []string{s.kKey(t.Instance, t.ID)}
-		args[i] = []any{"last", store.Millis(t.At)}
+	type call struct {
+		keys []string
+		args []any
 	}
-	cmds := make([]*redis.Cmd, len(ts))
+	var calls []call
+	open := map[string]int{} // instance → its call still taking keys
+	for _, t := range ts {
+		i, ok := open[t.Instance]
+		if !ok || len(calls[i].keys) == touchChunk {
+			i = len(calls)
+			open[t.Instance] = i
+			calls = append(calls, call{args: []any{"last"}})
+		}
+		c := &calls[i]
+		c.keys = append(c.keys, s.kKey(t.Instance, t.ID))
+		c.args = append(c.args, store.Millis(t.At))
+	}
+	cmds := make([]*redis.Cmd, len(calls))
 	_, perr := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i := range ts {
-			cmds[i] = setLatestScript.EvalSha(ctx, p, keys[i], args[i]...)
+		for i, c := range calls {
+			cmds[i] = touchScript.EvalSha(ctx, p, c.keys, c.args...)
 		}
 		return nil
 	})
@@ -726,7 +745,7 @@ func (s *Store) TouchKeys(ctx context.Context, ts []store.Touch) error {
 	if len(again) > 0 {
 		_, perr = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for _, i := range again {
-				cmds[i] = setLatestScript.Eval(ctx, p, keys[i], args[i]...)
+				cmds[i] = touchScript.Eval(ctx, p, calls[i].keys, calls[i].args...)
 			}
 			return nil
 		})

@@ -90,8 +90,8 @@ func touchKeysWithoutScripts(t *testing.T, s *Store, flush func(), calls func(cm
 	if n := calls("eval") - evals; n != 0 {
 		t.Errorf("%d EVALs once the script was cached again, want 0", n)
 	}
-	if n := calls("evalsha") - shas; n != int64(len(keys)) {
-		t.Errorf("%d EVALSHAs for a batch of %d uses, want one each", n, len(keys))
+	if n := calls("evalsha") - shas; n != 8 {
+		t.Errorf("%d EVALSHAs for a batch of %d uses of 8 instances, want one per instance", n, len(keys))
 	}
 	return keys
 }
@@ -132,4 +132,44 @@ func TestTouchKeysWithoutScriptsCluster(t *testing.T) {
 		t.Errorf("the keys live on %d master(s): the batch was not split", len(masters))
 	}
 	h.verify(t)
+}
+
+// One instance's uses go in calls of at most touchChunk keys, every use recorded.
+func TestTouchKeysChunksAnInstance(t *testing.T) {
+	srv := redistest.Start(t)
+	s := open(t, srv, Options{})
+	ctx := context.Background()
+	in := store.Instance{ID: "busy", Name: "n", Environment: apikey.Sandbox}
+	if err := s.CreateInstance(ctx, in); err != nil {
+		t.Fatal(err)
+	}
+	const n = 2*touchChunk + 3
+	at := time.Date(2031, 5, 17, 10, 0, 0, 0, time.UTC)
+	ts := make([]store.Touch, n)
+	for i := range n {
+		k, _ := storetest.NewKey(t, in.ID, in.Environment, "k", time.Now())
+		if err := s.CreateKey(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+		ts[i] = store.Touch{Instance: in.ID, ID: k.ID, At: at.Add(time.Duration(i) * time.Millisecond)}
+	}
+	if err := s.TouchKeys(ctx, ts[:1]); err != nil { // caches the script
+		t.Fatal(err)
+	}
+	shas := srv.CommandCalls("evalsha")
+	if err := s.TouchKeys(ctx, ts); err != nil {
+		t.Fatal(err)
+	}
+	if got := srv.CommandCalls("evalsha") - shas; got != 3 {
+		t.Errorf("%d EVALSHAs for %d uses of one instance, want 3 (at most %d keys each)", got, n, touchChunk)
+	}
+	for _, u := range ts {
+		k, err := s.Key(ctx, in.ID, u.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !k.LastUsedAt.Equal(u.At) {
+			t.Errorf("key %s: last_used_at = %v, want %v", u.ID, k.LastUsedAt, u.At)
+		}
+	}
 }
