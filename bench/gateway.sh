@@ -17,13 +17,16 @@
 # upstream (a Caddy `respond`). A non-2xx answer makes the run fail. At the end the usage
 # endpoints of both processes are asked for the key's counts: the first must have counted the
 # nora rounds, the second nothing.
-# Needs wrk (apt-get install -y wrk). Usage: bench/gateway.sh [seconds] [connections] [rounds]
+# Needs wrk (apt-get install -y wrk).
+#   bench/gateway.sh [seconds per site and round, 2] [connections, 32] [rounds, 15]
 # With PIN=1 (and taskset, from util-linux) the keygate processes run on CPU 0 with
 # GOMAXPROCS=1 and wrk on CPU 1: on a 2-core machine the two then stop competing for the same
-# core, and the rounds vary far less. Besides the medians of each site, the ratios of each round
-# (a site against plain in the same round; the order of the sites alternates between rounds)
-# are printed with their median: drift between rounds (other load, CPU frequency) cancels out
-# of those. Each site also gets the keygate process' CPU time per request.
+# core. Each round runs plain between every two other sites and compares each site with the
+# mean of the plain runs just before and after it; the median of those ratios over the rounds
+# is the figure (the machine's drift cancels out of it). Beside req/s, each site gets the
+# keygate process' CPU time per request. Then PAIRS paired rounds (default 10; PAIRS=0 skips
+# them): two identical processes on the same CPU driven at once, one plain and one not, then
+# swapped (below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-2}
