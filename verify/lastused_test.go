@@ -133,3 +133,26 @@ func TestLastUsedAtBatched(t *testing.T) {
 	t.Run("file", func(t *testing.T) { run(t, nil) })
 	t.Run("redis", func(t *testing.T) { run(t, openRedisStore(t, redistest.Start(t))) })
 }
+
+// Keys seen one after another, as cache misses come, share one write: a batch gathers the
+// uses that come within touchGather of its first.
+func TestLastUsedAtGathered(t *testing.T) {
+	f := newFixture(t, nil, Config{})
+	const n = 10
+	secrets := make([]string, n)
+	for i := range n {
+		secrets[i], _ = f.createKey(apikey.Sandbox, time.Time{})
+	}
+	start := time.Now()
+	for _, secret := range secrets {
+		f.expect(secret, apikey.EnvUnknown, OK)
+		time.Sleep(time.Millisecond) // each use alone in the queue when it comes
+	}
+	spread := time.Since(start)
+	testutil.WaitFor(t, 5*time.Second, "every use to be written", func() bool { return f.st.touches.Load() == n })
+	if calls := f.st.touchCalls.Load(); spread < touchGather && calls != 1 {
+		t.Errorf("TouchKeys calls = %d for %d uses within %v, want 1", calls, n, spread)
+	} else if calls > 2 {
+		t.Errorf("TouchKeys calls = %d for %d uses within %v, want at most 2", calls, n, spread)
+	}
+}

@@ -477,35 +477,44 @@ func (v *Verifier) touch(e *entry, id, instance string, now time.Time) {
 	}
 }
 
-// touchQueue is how many last_used_at writes wait at most (more are dropped), and
-// maxTouchBatch how many of them one store call records.
+// touchQueue is how many last_used_at writes wait at most (more are dropped),
+// maxTouchBatch how many of them one store call records, and touchGather how long a batch
+// waits for more after its first use.
 const (
 	touchQueue    = 1024
 	maxTouchBatch = 256
+	touchGather   = 50 * time.Millisecond
 )
 
-// writeTouches records the queued last uses until Close. It waits for one, then takes
-// whatever else is already queued (up to maxTouchBatch) without waiting for more, and
-// records them all in one store call: under load the writes come in batches, and a lone
-// use is written at once.
+// writeTouches records the queued last uses until Close. It waits for one, then collects
+// the uses that come within touchGather of it (up to maxTouchBatch), and records them all
+// in one store call: keys seen one after another (cache misses, each a lookup) cost the
+// store one write per batch, not a second round trip each. A use is written at most
+// touchGather late, far within last_used_at's precision of a minute.
 func (v *Verifier) writeTouches() {
 	defer close(v.done)
 	batch := make([]store.Touch, 0, maxTouchBatch)
+	gather := time.NewTimer(time.Hour)
+	gather.Stop()
 	for {
 		select {
 		case <-v.stop:
 			return
 		case t := <-v.touches:
 			batch = append(batch[:0], t)
-		drain:
+			gather.Reset(touchGather)
+		collect:
 			for len(batch) < maxTouchBatch {
 				select {
 				case t := <-v.touches:
 					batch = append(batch, t)
-				default:
-					break drain
+				case <-gather.C:
+					break collect
+				case <-v.stop:
+					return
 				}
 			}
+			gather.Stop()
 			ctx, cancel := context.WithTimeout(context.Background(), v.cfg.LookupTimeout)
 			if err := v.store.TouchKeys(ctx, batch); err != nil {
 				v.cfg.Logger.Debug("recording last use", zap.Int("keys", len(batch)),
