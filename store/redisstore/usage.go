@@ -28,7 +28,7 @@ import (
 // a hash per hour (or day) with one expiry: minutes live 48 to 49 hours, hours 90 to 91 days
 // (store.UsageExpiry, which the file store follows too).
 //
-// AddUsage is one transaction (MULTI/EXEC) per instance and chunk of about 256 commands (a
+// AddUsage is one transaction (MULTI/EXEC) per instance and chunk of about 64 commands (a
 // key's buckets always in one), on the instance's slot: HINCRBY on each hash, then EXPIREAT
 // on each; transactions run side by side, at most 8 at once (go-redis refuses a transaction
 // across slots). Small transactions keep Redis answering the gateways' lookups between them.
@@ -85,7 +85,7 @@ const usageParallel = 8
 
 // usageChunk is about how many commands one usage transaction holds (more only to keep a
 // key's buckets in one).
-const usageChunk = 256
+const usageChunk = 64
 
 // addUsage adds one instance's buckets in one transaction.
 func (s *Store) addUsage(ctx context.Context, adds []store.UsageAdd, now time.Time) error {
