@@ -26,7 +26,7 @@
 # is the figure (the machine's drift cancels out of it). Beside req/s, each site gets the
 # keygate process' CPU time per request. Then PAIRS paired rounds (default 10; PAIRS=0 skips
 # them): two identical processes on the same CPU driven at once, one plain and one not, then
-# swapped (below).
+# swapped (below). KEYGATE=path runs that binary instead of building ./cmd/keygate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-2}
@@ -36,7 +36,11 @@ command -v wrk >/dev/null || { echo "wrk not found: apt-get install -y wrk" >&2;
 
 work=$(mktemp -d)
 trap 'kill $(cat "$work/pid" "$work/pid2" "$work/pid3" 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
-go build -o "$work/keygate" ./cmd/keygate
+if [ -n "${KEYGATE:-}" ]; then
+	cp "$KEYGATE" "$work/keygate" # a binary built elsewhere (another commit, a variant)
+else
+	go build -o "$work/keygate" ./cmd/keygate
+fi
 
 token=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 mainconfig() { # port prefix (181: ports 18100-18106), store file → the Caddyfile of every site but nousage
