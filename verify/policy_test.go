@@ -5,7 +5,6 @@ import (
 	"net/netip"
 	"testing"
 	"time"
-	"unique"
 
 	"github.com/keygate/keygate/apikey"
 	"github.com/keygate/keygate/store"
@@ -39,8 +38,8 @@ func TestRestrictedKeyDecisions(t *testing.T) {
 	ok := netip.MustParseAddr("203.0.113.7")
 	other := netip.MustParseAddr("198.51.100.1")
 	restricted := func(revoked bool, expires int64) *entry {
-		e := &entry{env: apikey.Sandbox, instance: unique.Make(sandboxInstance), revoked: revoked, expires: expires, signed: true,
-			stale: math.MaxInt64}
+		e := &entry{meta: packMeta(apikey.Sandbox, revoked, true, f.v.epoch.Load()), instance: f.v.instances.id(sandboxInstance),
+			expires: expires, stale: math.MaxInt64}
 		p := newPolicy([]string{"charges:read", "customers:*"},
 			[]netip.Prefix{netip.MustParsePrefix("203.0.113.0/24"), netip.MustParsePrefix("2001:db8::/32")},
 			map[string]string{"team": "billing"})
@@ -65,7 +64,7 @@ func TestRestrictedKeyDecisions(t *testing.T) {
 		{"second scope missing", restricted(false, 0), ok, []string{"charges:read", "refunds:write"}, InsufficientScope, 1},
 		{"revoked before address", restricted(true, 0), other, []string{"refunds:write"}, Revoked, 0},
 		{"expired before address", restricted(false, now.Add(-time.Second).UnixNano()), other, nil, Expired, 0},
-		{"unrestricted key", &entry{env: apikey.Sandbox, signed: true, instance: unique.Make(sandboxInstance)}, other, []string{"refunds:write"}, OK, 0},
+		{"unrestricted key", &entry{meta: packMeta(apikey.Sandbox, false, true, f.v.epoch.Load()), instance: f.v.instances.id(sandboxInstance)}, other, []string{"refunds:write"}, OK, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := f.v.decideEntry(tc.e, apikey.Sandbox, now, &Request{Client: tc.client, Scopes: tc.scopes})

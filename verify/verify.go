@@ -23,7 +23,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unique"
 	"unsafe"
 
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -165,20 +164,79 @@ func (c *Config) defaults() {
 }
 
 // entry is a cached key. It is immutable but for lastTouch and policy (which a key without
-// one gains when a route's default rate limit needs its meter). Its layout keeps it at 80
-// bytes: the id inline, the instance interned, no policy for a plain key.
+// one gains when a route's default rate limit needs its meter). Its layout keeps it at 64
+// bytes, the smallest size class it fits: the id inline, the instance an index into the
+// verifier's table of names, the flags and the flush epoch in one word, the last touch in
+// seconds, no policy for a plain key.
 type entry struct {
 	id        [idLen]byte            // the key id, when it has the usual form (else policy.id)
-	epoch     uint32                 // the flush epoch it was filled in
+	meta      uint32                 // the flush epoch it was filled in (24 bits), the environment, revoked, signed
 	expires   int64                  // unix nanoseconds; 0: never
 	stale     int64                  // unix nanoseconds when it stops serving (the cache TTL)
-	lastTouch atomic.Int64           // unix nanoseconds of the last last_used_at write queued
 	policy    atomic.Pointer[policy] // scopes, addresses, metadata, limits; nil: none
-	instance  unique.Handle[string]  // interned: every key of an instance shares it
-	env       apikey.Environment
-	revoked   bool
-	signed    bool // the key's signature tag verifies (always true without signing)
+	instance  uint32                 // its instance's index in the verifier's names
+	lastTouch atomic.Uint32          // when the last last_used_at write was queued (touchClock); 0: never
 }
+
+// The bits of entry.meta.
+const (
+	metaRevoked = 1 << 0
+	metaSigned  = 1 << 1 // the key's signature tag verifies (always true without signing)
+	metaEnvBits = 2      // the environment, 2 bits from here
+	metaEpoch   = 8      // the flush epoch, modulo 2^24, from here
+)
+
+func packMeta(env apikey.Environment, revoked, signed bool, epoch uint64) uint32 {
+	m := uint32(env&3)<<metaEnvBits | uint32(epoch)<<metaEpoch
+	if revoked {
+		m |= metaRevoked
+	}
+	if signed {
+		m |= metaSigned
+	}
+	return m
+}
+
+func (e *entry) env() apikey.Environment { return apikey.Environment(e.meta>>metaEnvBits) & 3 }
+func (e *entry) revoked() bool           { return e.meta&metaRevoked != 0 }
+func (e *entry) signed() bool            { return e.meta&metaSigned != 0 }
+
+// current reports whether the entry was filled in the flush epoch epoch.
+func (e *entry) current(epoch uint64) bool { return e.meta>>metaEpoch == uint32(epoch)&(1<<24-1) }
+
+// names interns the instance names of the cached entries: an entry holds its instance's
+// index. Names are only added (an instance's keys keep its index for the verifier's life).
+type names struct {
+	mu    sync.Mutex
+	index map[string]uint32
+	list  atomic.Pointer[[]string] // appended in place: a published list's slots never change
+}
+
+// id returns name's index, adding it if need be.
+func (n *names) id(name string) uint32 {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if i, ok := n.index[name]; ok {
+		return i
+	}
+	if n.index == nil {
+		n.index = map[string]uint32{}
+	}
+	var l []string
+	if p := n.list.Load(); p != nil {
+		l = *p
+	}
+	// Appending writes only past every published list's length (or copies): readers of an
+	// older list never see the slot change.
+	l = append(l, name)
+	n.list.Store(&l)
+	i := uint32(len(l) - 1)
+	n.index[name] = i
+	return i
+}
+
+// name returns the name at index i (one that id returned).
+func (n *names) name(i uint32) string { return (*n.list.Load())[i] }
 
 // idLen is the length of a key id of the usual form: key_ and 24 characters.
 const idLen = 28
@@ -231,6 +289,9 @@ type Verifier struct {
 	healthy   atomic.Bool
 	downSince atomic.Int64 // unix nanoseconds when the channel dropped
 
+	instances names     // the cached entries' instance names
+	touchBase time.Time // touchClock's zero
+
 	touches     chan store.Touch
 	closeOnce   sync.Once
 	unsubscribe func()
@@ -257,6 +318,7 @@ func New(s Store, cfg Config) (*Verifier, error) {
 	v := &Verifier{cfg: cfg, store: s, cache: cache, neg: neg,
 		touches: make(chan store.Touch, touchQueue), stop: make(chan struct{}), done: make(chan struct{})}
 	v.downSince.Store(cfg.Now().UnixNano())
+	v.touchBase = cfg.Now()
 	v.unsubscribe = s.Subscribe(v)
 	go v.writeTouches()
 	return v, nil
@@ -310,7 +372,7 @@ func (v *Verifier) verify(req *Request) (_ Result, counted bool) {
 	now := v.cfg.Now()
 
 	e, hit := v.cache.GetIfPresent(h)
-	if hit && (e.epoch != uint32(v.epoch.Load()) || now.UnixNano() >= e.stale) {
+	if hit && (!e.current(v.epoch.Load()) || now.UnixNano() >= e.stale) {
 		hit = false
 	}
 	// The signature tag, before the environment and any lookup. A cached entry knows whether
@@ -318,7 +380,7 @@ func (v *Verifier) verify(req *Request) (_ Result, counted bool) {
 	signed := true
 	if v.cfg.Signer.Enabled() {
 		if hit {
-			signed = e.signed
+			signed = e.signed()
 		} else {
 			signed = v.cfg.Signer.Verify(key)
 		}
@@ -393,8 +455,7 @@ func (v *Verifier) lookup(h apikey.Hash, gen uint64) (store.Lookup, error) {
 // fill builds the entry for a lookup and caches it, unless an invalidation or a flush came
 // since the lookup started or the channel is down.
 func (v *Verifier) fill(h apikey.Hash, l store.Lookup, gen uint64, signed bool) *entry {
-	e := &entry{env: l.Environment, instance: unique.Make(l.Instance),
-		expires: unixNano(l.ExpiresAt), revoked: !l.RevokedAt.IsZero(), signed: signed,
+	e := &entry{instance: v.instances.id(l.Instance), expires: unixNano(l.ExpiresAt),
 		stale: v.cfg.Now().Add(v.cfg.TTL).UnixNano()}
 	p := policyOf(l)
 	if len(l.ID) == idLen {
@@ -408,7 +469,7 @@ func (v *Verifier) fill(h apikey.Hash, l store.Lookup, gen uint64, signed bool) 
 	e.policy.Store(p)
 	v.fillMu.Lock()
 	defer v.fillMu.Unlock()
-	e.epoch = uint32(v.epoch.Load())
+	e.meta = packMeta(l.Environment, !l.RevokedAt.IsZero(), signed, v.epoch.Load())
 	if v.gen.Load() == gen && v.healthy.Load() {
 		v.cache.Set(h, e)
 	}
@@ -424,12 +485,12 @@ func unixNano(t time.Time) int64 {
 
 func (v *Verifier) decideEntry(e *entry, env apikey.Environment, now time.Time, req *Request) Result {
 	p := e.pol()
-	id, instance := e.keyID(), e.instance.Value()
+	id, instance := e.keyID(), v.instances.name(e.instance)
 	switch {
-	case e.env != env:
+	case e.env() != env:
 		// The prefix and the record disagree: not a key we issued.
 		return Result{Code: InvalidKey}
-	case e.revoked:
+	case e.revoked():
 		return Result{Code: Revoked, KeyID: id, Instance: instance}
 	case e.expires != 0 && e.expires <= now.UnixNano():
 		return Result{Code: Expired, KeyID: id, Instance: instance}
@@ -455,26 +516,31 @@ func (v *Verifier) decideEntry(e *entry, env apikey.Environment, now time.Time, 
 			return Result{Code: Unavailable}
 		}
 	}
-	if !e.signed {
+	if !e.signed() {
 		v.Stats.UnsignedKeys.Add(1)
 	}
 	v.touch(e, id, instance, now)
-	return Result{Code: OK, KeyID: id, Instance: instance, Environment: e.env,
+	return Result{Code: OK, KeyID: id, Instance: instance, Environment: e.env(),
 		Scopes: p.joined, Metadata: p.meta, Limits: limits, Limited: limited}
 }
 
-// touch queues a last_used_at write at most once per TouchInterval per cached key; the
-// writes happen off the request path and are dropped when the queue is full.
+// touch queues a last_used_at write at most once per TouchInterval (to the second) per
+// cached key; the writes happen off the request path and are dropped when the queue is full.
 func (v *Verifier) touch(e *entry, id, instance string, now time.Time) {
-	n := now.UnixNano()
+	n := v.touchClock(now)
 	last := e.lastTouch.Load()
-	if n-last < int64(v.cfg.TouchInterval) || !e.lastTouch.CompareAndSwap(last, n) {
+	if last != 0 && int64(n)-int64(last) < max(int64(v.cfg.TouchInterval/time.Second), 1) || !e.lastTouch.CompareAndSwap(last, n) {
 		return
 	}
 	select {
 	case v.touches <- store.Touch{Instance: instance, ID: id, At: now}:
 	default:
 	}
+}
+
+// touchClock is now in whole seconds since the verifier started, from 1 (136 years fit).
+func (v *Verifier) touchClock(now time.Time) uint32 {
+	return uint32(max(now.Sub(v.touchBase)/time.Second, 0)) + 1
 }
 
 // touchQueue is how many last_used_at writes wait at most (more are dropped),

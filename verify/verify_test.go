@@ -2,6 +2,7 @@ package verify
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -274,7 +275,7 @@ func TestCacheEntryIsTheKeys(t *testing.T) {
 	f.warm(b)
 	ea, oka := f.v.cache.GetIfPresent(f.hasher.Sum(a))
 	eb, okb := f.v.cache.GetIfPresent(f.hasher.Sum(b))
-	if !oka || !okb || ea == eb || ea.keyID() != ka.ID || eb.keyID() != kb.ID || ea.instance.Value() != ka.Instance {
+	if !oka || !okb || ea == eb || ea.keyID() != ka.ID || eb.keyID() != kb.ID || f.v.instances.name(ea.instance) != ka.Instance {
 		t.Fatalf("entries: a %v %v, b %v %v", oka, ea, okb, eb)
 	}
 	n := f.st.lookups.Load()
@@ -290,11 +291,51 @@ func TestCacheEntryIsTheKeys(t *testing.T) {
 	}
 }
 
-// An entry is 80 bytes (the cache's memory per key rests on it): the id inline, the instance
-// interned, no policy for a plain key.
+// An entry is 64 bytes, a size class of its own (the cache's memory per key rests on it):
+// the id inline, the instance an index, the flags and epoch in one word, no policy for a
+// plain key.
 func TestEntrySize(t *testing.T) {
-	if n := unsafe.Sizeof(entry{}); n > 80 {
-		t.Fatalf("entry is %d bytes, want at most 80", n)
+	if n := unsafe.Sizeof(entry{}); n > 64 {
+		t.Fatalf("entry is %d bytes, want at most 64", n)
+	}
+}
+
+// The packed fields read back as they were written, every environment and flag, and the
+// epoch compares modulo 2^24.
+func TestEntryMeta(t *testing.T) {
+	for _, env := range []apikey.Environment{apikey.EnvUnknown, apikey.Sandbox, apikey.Production} {
+		for _, revoked := range []bool{false, true} {
+			for _, signed := range []bool{false, true} {
+				for _, epoch := range []uint64{0, 1, 1<<24 - 1, 1 << 24, 1<<40 + 7} {
+					e := &entry{meta: packMeta(env, revoked, signed, epoch)}
+					if e.env() != env || e.revoked() != revoked || e.signed() != signed {
+						t.Errorf("packMeta(%v, %v, %v, %d) reads back %v, %v, %v", env, revoked, signed, epoch, e.env(), e.revoked(), e.signed())
+					}
+					if !e.current(epoch) || e.current(epoch+1) {
+						t.Errorf("epoch %d: current(%d) = %v, current(%d) = %v", epoch, epoch, e.current(epoch), epoch+1, e.current(epoch+1))
+					}
+				}
+			}
+		}
+	}
+}
+
+// Instance names: one index per name, stable, each name read back.
+func TestInstanceNames(t *testing.T) {
+	var n names
+	ids := map[string]uint32{}
+	for i := range 1000 {
+		name := fmt.Sprintf("inst-%d", i%300)
+		id := n.id(name)
+		if prev, ok := ids[name]; ok && prev != id {
+			t.Fatalf("%s: index %d, then %d", name, prev, id)
+		}
+		ids[name] = id
+	}
+	for name, id := range ids {
+		if got := n.name(id); got != name {
+			t.Fatalf("name(%d) = %q, want %q", id, got, name)
+		}
 	}
 }
 
