@@ -26,7 +26,8 @@
 # is the figure (the machine's drift cancels out of it). Beside req/s, each site gets the
 # keygate process' CPU time per request. Then PAIRS paired rounds (default 10; PAIRS=0 skips
 # them): two identical processes on the same CPU driven at once, one plain and one not, then
-# swapped (below). KEYGATE=path runs that binary instead of building ./cmd/keygate.
+# swapped (below). KEYGATE=path runs that binary instead of building ./cmd/keygate; STORE=redis
+# runs every process on a redis-server of the script's own instead of the file store.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-2}
@@ -35,7 +36,7 @@ rounds=${3:-15}
 command -v wrk >/dev/null || { echo "wrk not found: apt-get install -y wrk" >&2; exit 1; }
 
 work=$(mktemp -d)
-trap 'kill $(cat "$work/pid" "$work/pid2" "$work/pid3" 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'kill $(cat "$work/pid" "$work/pid2" "$work/pid3" "$work/pid4" 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
 if [ -n "${KEYGATE:-}" ]; then
 	cp "$KEYGATE" "$work/keygate" # a binary built elsewhere (another commit, a variant)
 else
@@ -43,13 +44,22 @@ else
 fi
 
 token=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
-mainconfig() { # port prefix (181: ports 18100-18106), store file → the Caddyfile of every site but nousage
+# STORE=redis puts each process' keys in a database of its own on a redis-server started here
+# (on wrk's CPU with PIN=1) instead of a file store of its own.
+storeline() { # a name for the process' store → its Caddyfile store line
+	if [ "${STORE:-file}" = redis ]; then
+		case $1 in main) echo "redis redis://127.0.0.1:18190/1" ;; twin) echo "redis redis://127.0.0.1:18190/2" ;; *) echo "redis redis://127.0.0.1:18190/3" ;; esac
+	else
+		echo "file $work/keys-$1.db"
+	fi
+}
+mainconfig() { # port prefix (181: ports 18100-18106), store line → the Caddyfile of every site but nousage
 	cat <<CADDY
 {
 	admin off
 	auto_https off
 	nora {
-		store file $2
+		store $2
 		instance bench sandbox "Bench"
 	}
 }
@@ -85,15 +95,15 @@ http://127.0.0.1:${1}05 {
 }
 CADDY
 }
-mainconfig 181 "$work/keys.db" > "$work/Caddyfile"
+mainconfig 181 "$(storeline main)" > "$work/Caddyfile"
 # The twin: the same sites in a second process, for the paired rounds.
-mainconfig 182 "$work/keys-twin.db" > "$work/Caddyfile-twin"
+mainconfig 182 "$(storeline twin)" > "$work/Caddyfile-twin"
 cat > "$work/Caddyfile-nousage" <<CADDY
 {
 	admin off
 	auto_https off
 	nora {
-		store file $work/keys-nousage.db
+		store $(storeline nousage)
 		instance bench sandbox "Bench"
 		usage off
 	}
@@ -115,6 +125,12 @@ gw=() cl=()
 if [ "${PIN:-0}" = 1 ]; then
 	command -v taskset >/dev/null || { echo "PIN=1 needs taskset (util-linux)" >&2; exit 1; }
 	gw=(env GOMAXPROCS=1 taskset -c 0) cl=(taskset -c 1)
+fi
+if [ "${STORE:-file}" = redis ]; then
+	command -v redis-server >/dev/null || { echo "STORE=redis needs redis-server (apt-get install -y redis-server)" >&2; exit 1; }
+	"${cl[@]}" redis-server --port 18190 --bind 127.0.0.1 --dir "$work" --save '' --appendonly no > "$work/redis.log" 2>&1 &
+	echo $! > "$work/pid4"
+	for _ in $(seq 50); do redis-cli -p 18190 ping > /dev/null 2>&1 && break; sleep 0.1; done
 fi
 "${gw[@]}" "$work/keygate" run --config "$work/Caddyfile" > "$work/log" 2>&1 &
 echo $! > "$work/pid"
@@ -156,7 +172,7 @@ rps() { # port key pid → "requests/s CPU-µs-per-request" (the CPU time of the
 	if grep -q 'Non-2xx' <<<"$out"; then echo "non-2xx answers on :$1: $out" >&2; exit 1; fi
 	awk -v c="$((c1 - c0))" -v hz="$(getconf CLK_TCK)" '/^ *[0-9]+ requests in/ {n=$1} /Requests\/sec/ {r=$2} END {printf "%s %.1f\n", r, c / hz * 1e6 / n}' <<<"$out"
 }
-echo "keygate gateway throughput, $(date -u +%FT%TZ), $(nproc) CPUs, $rounds rounds of wrk -t1 -c$conns -d${secs}s per site, interleaved"
+echo "keygate gateway throughput, $(date -u +%FT%TZ), $(nproc) CPUs, ${STORE:-file} store, $rounds rounds of wrk -t1 -c$conns -d${secs}s per site, interleaved"
 declare -A all cpu ratios cratios
 sites="nora:18102:$key full:18106:$fkey limited:18102:$lkey nousage:18112:$nkey forward:18103:$key"
 # Warm-up, not counted: every site once, briefly (connections, the caches, the heap's size).
